@@ -1,0 +1,71 @@
+"""The identity settings, read lazily so `override_settings` works in tests."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+DEFAULTS: dict[str, float] = {
+    "IDENTITY_AUTH_TIMEOUT": 10,
+    "IDENTITY_EXPIRY_NOTICE": 30,
+    "IDENTITY_MAX_AUTH_ATTEMPTS": 5,
+    "IDENTITY_MAX_FRAME_BYTES": 65536,
+    "IDENTITY_RATE_LIMIT": 30,
+    "IDENTITY_RATE_BURST": 60,
+    "IDENTITY_MAX_CONNECTIONS_PER_USER": 0,
+    "IDENTITY_HEARTBEAT_INTERVAL": 5,
+    "IDENTITY_HEARTBEAT_EXPIRY": 15,
+}
+
+
+def _get(name: str) -> float:
+    return getattr(settings, name, DEFAULTS[name])
+
+
+def auth_timeout() -> float:
+    """Seconds an anonymous socket may live."""
+    return float(_get("IDENTITY_AUTH_TIMEOUT"))
+
+
+def expiry_notice() -> float:
+    """Seconds before `exp` that `session` `expiring` is pushed."""
+    return float(_get("IDENTITY_EXPIRY_NOTICE"))
+
+
+def max_auth_attempts() -> int:
+    """Failed `auth` per socket before close 4429."""
+    return int(_get("IDENTITY_MAX_AUTH_ATTEMPTS"))
+
+
+def max_frame_bytes() -> int:
+    """Largest accepted text frame, in UTF-8 bytes."""
+    return int(_get("IDENTITY_MAX_FRAME_BYTES"))
+
+
+def rate_limit() -> float:
+    """Frames per second a socket may sustain; 0 turns the limit off."""
+    return float(_get("IDENTITY_RATE_LIMIT"))
+
+
+def rate_burst() -> float:
+    """Frames a socket may send at once."""
+    return float(_get("IDENTITY_RATE_BURST"))
+
+
+def max_connections_per_user() -> int:
+    """Authenticated sockets per user across every process; 0 is no limit."""
+    return int(_get("IDENTITY_MAX_CONNECTIONS_PER_USER"))
+
+
+def heartbeat_interval() -> float:
+    """Seconds between a server process's registry heartbeats."""
+    return float(_get("IDENTITY_HEARTBEAT_INTERVAL"))
+
+
+def heartbeat_expiry() -> float:
+    """Seconds without a heartbeat after which a process's sockets count as gone."""
+    return float(_get("IDENTITY_HEARTBEAT_EXPIRY"))
+
+
+def allowed_origins() -> list[str]:
+    """Exact origins from IDENTITY_ALLOWED_ORIGINS (empty: use the allowed hosts)."""
+    return list(getattr(settings, "IDENTITY_ALLOWED_ORIGINS", []))

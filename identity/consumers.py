@@ -1,0 +1,385 @@
+"""The WebSocket consumer: one instance per socket, holding who is on it.
+
+Thin by design: it validates frames (identity.protocol), asks identity.tokens
+and identity.registry (through identity.sessions) who the user is, and keeps
+the per-socket state: user, expiry, timers, attempt and rate counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from identity import conf, heartbeat, push, registry, sessions
+from identity.exceptions import IdentityError, IdentityMismatch
+from identity.protocol import (
+    ANONYMOUS_ACTIONS,
+    CLIENT_ACTIONS,
+    CLOSE_CODE_FOR_REASON,
+    Action,
+    CloseCode,
+    Envelope,
+    EnvelopeError,
+    ErrorCode,
+    Reason,
+    auth_failure,
+    disconnect_push,
+    error_frame,
+    frame,
+    parse_envelope,
+    user_payload,
+    validate_send,
+    validate_text,
+)
+
+logger = logging.getLogger(__name__)
+
+RATE_WINDOW = 10.0  # seconds over which refused frames are counted
+
+
+class TokenBucket:
+    """Per-socket frame allowance: `burst` at once, refilled at `rate` per second."""
+
+    __slots__ = ("burst", "rate", "refusals", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, time.monotonic()
+        self.refusals: deque[float] = deque()
+
+    def take(self) -> bool:
+        """Take one token; False if the bucket is empty."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.refusals.append(now)
+        while self.refusals and self.refusals[0] < now - RATE_WINDOW:
+            self.refusals.popleft()
+        return False
+
+    def flooding(self) -> bool:
+        """True once refusals in the window exceed the burst."""
+        return len(self.refusals) > self.burst
+
+
+class IdentityConsumer(AsyncJsonWebsocketConsumer):
+    """Authenticates a socket with a SimpleJWT access token and serves the protocol."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user: Any = None
+        self.expires_at: int | None = None
+        self.subscribed = False
+        self.closing = False
+        self.failed_auths = 0
+        self.opened_at = time.time()
+        rate = conf.rate_limit()
+        self.bucket = TokenBucket(rate, conf.rate_burst()) if rate > 0 else None
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.lock = asyncio.Lock()
+        self.handlers: dict[str, Callable[[Envelope], Awaitable[None]]] = {
+            Action.AUTH: self.on_auth,
+            Action.WHOAMI: self.on_whoami,
+            Action.LOGOUT: self.on_logout,
+            Action.PING: self.on_ping,
+            Action.MESSAGE: self.on_message,
+            Action.SEND: self.on_send,
+            Action.PRESENCE: self.on_presence,
+        }
+
+    # --- transport ------------------------------------------------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections through a thread hop before every
+        # handler; no handler here touches the ORM outside database_sync_to_async
+        # (which does that itself), so the hop would be pure cost per frame.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        await self.accept()
+        heartbeat.ensure_running()
+        self.start_timer("auth", conf.auth_timeout(), self.on_auth_timeout)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        text = message.get("text")
+        if text is None:
+            await self.refuse_or_run(self.reply_binary)
+            return
+        if len(text) > conf.max_frame_bytes() // 4 and len(text.encode()) > conf.max_frame_bytes():
+            await self.close_socket(code=CloseCode.MESSAGE_TOO_BIG)
+            return
+        await self.refuse_or_run(lambda: self.handle_text(text))
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closing = True
+        self.cancel_timers()
+        await self.forget_identity()
+        raise StopConsumer()
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        return json.loads(text_data)
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+
+    async def refuse_or_run(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Apply the per-socket rate limit, then run the frame's work."""
+        if self.bucket is None or self.bucket.take():
+            await run()
+            return
+        await self.send_json(error_frame(ErrorCode.RATE_LIMITED))
+        if self.bucket.flooding():
+            await self.close_socket(Reason.RATE_LIMITED)
+
+    async def reply_binary(self) -> None:
+        await self.send_json(error_frame(ErrorCode.UNSUPPORTED_FRAME))
+
+    async def handle_text(self, text: str) -> None:
+        """Decode, validate and dispatch one client frame."""
+        try:
+            content = await self.decode_json(text)
+        except (ValueError, RecursionError):
+            await self.send_json(error_frame(ErrorCode.INVALID_JSON))
+            return
+        try:
+            envelope = parse_envelope(content)
+        except EnvelopeError as exc:
+            await self.send_json(error_frame(exc.code, exc.message, exc.action))
+            return
+        await self.run_action(envelope)
+
+    async def run_action(self, envelope: Envelope) -> None:
+        handler = self.handlers.get(envelope.action) if envelope.action in CLIENT_ACTIONS else None
+        try:
+            if handler is None:
+                raise EnvelopeError(ErrorCode.UNKNOWN_ACTION, f"No action {envelope.action!r}.")
+            if self.user is None and envelope.action not in ANONYMOUS_ACTIONS:
+                raise EnvelopeError(
+                    ErrorCode.NOT_AUTHENTICATED,
+                    f'"{envelope.action}" needs an identity: send "auth" with a token first.',
+                )
+            await handler(envelope)
+        except EnvelopeError as exc:
+            await self.send_json(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
+
+    async def reply(self, envelope: Envelope, payload: Any, action: str | None = None) -> None:
+        await self.send_json(frame(action or envelope.action, payload, envelope.ref))
+
+    async def close_socket(self, reason: Reason | None = None, code: int | None = None) -> None:
+        """Send `disconnect` REASON (if any) and close; nothing is processed after."""
+        if self.closing:
+            return
+        self.closing = True
+        self.cancel_timers()
+        if reason is not None:
+            await self.send_json(disconnect_push(reason))
+            code = CLOSE_CODE_FOR_REASON[reason]
+        await self.close(code=code)
+
+    # --- actions --------------------------------------------------------------
+
+    async def on_auth(self, envelope: Envelope) -> None:
+        async with self.lock:
+            if self.closing:
+                return
+            try:
+                user, expires_at = await self.verify(envelope.payload)
+            except IdentityError as exc:
+                await self.reply(envelope, auth_failure(exc.code, exc.message))
+                await self.count_failed_auth()
+                return
+            self.failed_auths = 0
+            self.set_identity(user, expires_at)
+            await self.reply(envelope, self.auth_success())
+            if expires_at - time.time() <= conf.expiry_notice():
+                await self.push_expiring()
+
+    async def verify(self, raw: Any) -> tuple[Any, int]:
+        """Resolve the token's user; register the socket if it was anonymous."""
+        if self.user is None:
+            user, token = await sessions.open_session(raw, self.socket_info())
+            await self.channel_layer.group_add(push.user_group(user.pk), self.channel_name)
+            return user, token.expires_at
+        user, token = await sessions.check_token(raw)
+        if user.pk != self.user.pk:
+            raise IdentityMismatch()
+        return self.user, token.expires_at
+
+    def auth_success(self) -> dict[str, Any]:
+        return {"registered": True, "user": self.user_wire(), "expires_at": self.expires_at}
+
+    async def count_failed_auth(self) -> None:
+        self.failed_auths += 1
+        if self.failed_auths >= conf.max_auth_attempts():
+            await self.close_socket(Reason.TOO_MANY_ATTEMPTS)
+
+    async def on_whoami(self, envelope: Envelope) -> None:
+        user = self.user_wire() if self.user is not None else None
+        await self.reply(envelope, {"user": user, "expires_at": self.expires_at})
+
+    async def on_logout(self, envelope: Envelope) -> None:
+        async with self.lock:
+            if self.user is not None:
+                await self.drop_identity()
+        await self.reply(envelope, {"registered": False})
+
+    async def on_ping(self, envelope: Envelope) -> None:
+        await self.reply(envelope, envelope.payload, Action.PONG)
+
+    async def on_message(self, envelope: Envelope) -> None:
+        text = validate_text(envelope.payload)
+        await self.reply(envelope, {"text": text, "user": self.user_wire()})
+
+    async def on_send(self, envelope: Envelope) -> None:
+        to, text = validate_send(envelope.payload)
+        recipient = await sessions.find_recipient(to)
+        if recipient is None:
+            raise EnvelopeError(ErrorCode.USER_NOT_FOUND, f"No user named {to!r}.")
+        recipient_id, online = recipient
+        await push.send_to_user(
+            recipient_id, Action.DIRECT, {"from": self.user_wire(), "text": text}
+        )
+        await self.reply(envelope, {"to": to, "online": online})
+
+    async def on_presence(self, envelope: Envelope) -> None:
+        if not self.subscribed:
+            await self.channel_layer.group_add(push.PRESENCE_GROUP, self.channel_name)
+            self.subscribed = True
+        users = await push.online_users()
+        await self.reply(envelope, {"users": [u.as_dict() for u in users]})
+
+    # --- identity state -------------------------------------------------------
+
+    def user_wire(self) -> dict[str, Any]:
+        return user_payload(self.user.pk, self.user.get_username())
+
+    def socket_info(self) -> registry.SocketInfo:
+        headers = dict(self.scope.get("headers") or [])
+        client = self.scope.get("client") or ("", 0)
+        return registry.SocketInfo(
+            channel_name=self.channel_name,
+            opened_at=datetime.fromtimestamp(self.opened_at, tz=UTC),
+            remote_addr=str(client[0] or ""),
+            user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
+        )
+
+    def set_identity(self, user: Any, expires_at: int) -> None:
+        self.user, self.expires_at = user, expires_at
+        self.scope["user"] = user
+        self.cancel_timer("auth")
+        remaining = expires_at - time.time()
+        self.start_timer("expiring", remaining - conf.expiry_notice(), self.on_expiring)
+        self.start_timer("expired", remaining, self.on_expired)
+
+    async def drop_identity(self) -> None:
+        """Back to anonymous: leave the user's groups, the registry, and rearm the timeout."""
+        self.cancel_timers()
+        await self.forget_identity()
+        if not self.closing:
+            self.start_timer("auth", conf.auth_timeout(), self.on_auth_timeout)
+
+    async def forget_identity(self) -> None:
+        user, subscribed = self.user, self.subscribed
+        if user is None:
+            return
+        self.user = self.expires_at = None
+        self.subscribed = False
+        self.scope.pop("user", None)
+        await self.channel_layer.group_discard(push.user_group(user.pk), self.channel_name)
+        if subscribed:
+            await self.channel_layer.group_discard(push.PRESENCE_GROUP, self.channel_name)
+        await sessions.close_session(self.channel_name)
+
+    # --- timers ---------------------------------------------------------------
+
+    def start_timer(self, name: str, delay: float, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after `delay` seconds, replacing the timer of that name."""
+        self.cancel_timer(name)
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self.timers[name] = loop.call_later(delay, self.fire_timer, name, callback)
+
+    def fire_timer(self, name: str, callback: Callable[[], Awaitable[None]]) -> None:
+        self.timers.pop(name, None)
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.ensure_future(self.run_timer(callback))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run_timer(self, callback: Callable[[], Awaitable[None]]) -> None:
+        async with self.lock:
+            if self.closing:
+                return
+            try:
+                await callback()
+            except Exception:
+                logger.exception("identity timer failed")
+
+    def cancel_timer(self, name: str) -> None:
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+
+    async def on_auth_timeout(self) -> None:
+        if self.user is None:
+            await self.close_socket(Reason.AUTH_TIMEOUT)
+
+    async def on_expiring(self) -> None:
+        if self.user is not None:
+            await self.push_expiring()
+
+    async def push_expiring(self) -> None:
+        await self.send_json(
+            frame(Action.SESSION, {"event": "expiring", "expires_at": self.expires_at})
+        )
+
+    async def on_expired(self) -> None:
+        if self.user is None:
+            return
+        await self.drop_identity()
+        await self.send_json(frame(Action.SESSION, {"event": "expired"}))
+
+    # --- channel-layer events (identity.push) -----------------------------------
+
+    async def identity_disconnect(self, event: dict[str, Any]) -> None:
+        """The server withdrew this socket's identity: push the reason and close."""
+        if self.user is None:
+            return  # logged out since the event was sent: nothing to withdraw
+        await self.close_socket(Reason(event["reason"]))
+
+    async def identity_push(self, event: dict[str, Any]) -> None:
+        """A frame for every socket of this user (e.g. `direct`)."""
+        if self.user is not None and not self.closing:
+            await self.send_json(event["frame"])
+
+    async def identity_presence(self, event: dict[str, Any]) -> None:
+        """A presence change, for sockets that asked `presence`."""
+        if self.subscribed and not self.closing:
+            await self.send_json(event["frame"])

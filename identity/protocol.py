@@ -1,0 +1,209 @@
+"""The wire contract as data: actions, error codes, close codes, frame builders.
+
+No Django and no I/O here, so the contract is testable alone and every other
+module (consumer, push API, views) speaks it through the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+MAX_REF_LENGTH = 64
+MAX_TEXT_LENGTH = 4096
+
+
+class Action(StrEnum):
+    """Client actions, and the push actions the server sends."""
+
+    AUTH = "auth"
+    WHOAMI = "whoami"
+    LOGOUT = "logout"
+    PING = "ping"
+    PONG = "pong"
+    MESSAGE = "message"
+    SEND = "send"
+    PRESENCE = "presence"
+    ERROR = "error"
+    SESSION = "session"
+    DIRECT = "direct"
+    DISCONNECT = "disconnect"
+
+
+class ErrorCode(StrEnum):
+    """The `code` of an `error` frame or of a failed `auth` reply."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_ACTION = "unknown_action"
+    INVALID_PAYLOAD = "invalid_payload"
+    NOT_AUTHENTICATED = "not_authenticated"
+    UNSUPPORTED_FRAME = "unsupported_frame"
+    RATE_LIMITED = "rate_limited"
+    USER_NOT_FOUND = "user_not_found"
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_WRONG_TYPE = "token_wrong_type"
+    TOKEN_REVOKED = "token_revoked"
+    USER_INACTIVE = "user_inactive"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    CONNECTION_LIMIT = "connection_limit"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses."""
+
+    AUTH_TIMEOUT = 4401
+    WITHDRAWN = 4403
+    TOO_MANY = 4429
+    MESSAGE_TOO_BIG = 1009
+
+
+class Reason(StrEnum):
+    """The `reason` of a `disconnect` push."""
+
+    AUTH_TIMEOUT = "auth_timeout"
+    KICKED = "kicked"
+    USER_INACTIVE = "user_inactive"
+    USER_DELETED = "user_deleted"
+    TOKEN_REVOKED = "token_revoked"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    RATE_LIMITED = "rate_limited"
+
+
+CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
+    Reason.AUTH_TIMEOUT: CloseCode.AUTH_TIMEOUT,
+    Reason.KICKED: CloseCode.WITHDRAWN,
+    Reason.USER_INACTIVE: CloseCode.WITHDRAWN,
+    Reason.USER_DELETED: CloseCode.WITHDRAWN,
+    Reason.TOKEN_REVOKED: CloseCode.WITHDRAWN,
+    Reason.TOO_MANY_ATTEMPTS: CloseCode.TOO_MANY,
+    Reason.RATE_LIMITED: CloseCode.TOO_MANY,
+}
+
+# Actions a socket may use before it has an identity.
+ANONYMOUS_ACTIONS = frozenset({Action.AUTH, Action.WHOAMI, Action.LOGOUT, Action.PING})
+CLIENT_ACTIONS = frozenset(
+    {
+        Action.AUTH,
+        Action.WHOAMI,
+        Action.LOGOUT,
+        Action.PING,
+        Action.MESSAGE,
+        Action.SEND,
+        Action.PRESENCE,
+    }
+)
+
+ERROR_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_JSON: "The frame is not valid JSON.",
+    ErrorCode.INVALID_MESSAGE: (
+        'Send a JSON object with a string "action" (and an optional string or integer "ref").'
+    ),
+    ErrorCode.UNKNOWN_ACTION: "No such action; see the protocol for the list.",
+    ErrorCode.NOT_AUTHENTICATED: 'This action needs an identity: send "auth" with a token first.',
+    ErrorCode.UNSUPPORTED_FRAME: "Binary frames are not supported; send JSON text frames.",
+    ErrorCode.RATE_LIMITED: "Too many frames; slow down.",
+}
+
+
+class EnvelopeError(Exception):
+    """A frame that is not a valid envelope; `code` goes on the wire."""
+
+    def __init__(self, code: ErrorCode, message: str, action: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.action = action
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A validated client frame."""
+
+    action: str
+    payload: Any
+    ref: str | int | None
+
+
+def parse_envelope(content: Any) -> Envelope:
+    """Validate a decoded client frame; raise EnvelopeError if it is not an envelope."""
+    if not isinstance(content, dict) or not isinstance(content.get("action"), str):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, ERROR_MESSAGES[ErrorCode.INVALID_MESSAGE])
+    ref = content.get("ref")
+    if not _valid_ref(ref):
+        raise EnvelopeError(
+            ErrorCode.INVALID_MESSAGE,
+            f'"ref" must be a string of at most {MAX_REF_LENGTH} characters or an integer.',
+            content["action"],
+        )
+    return Envelope(content["action"], content.get("payload"), ref)
+
+
+def _valid_ref(ref: Any) -> bool:
+    if ref is None:
+        return True
+    if isinstance(ref, bool):  # bool is an int subclass, but not a ref
+        return False
+    if isinstance(ref, int):
+        return True
+    return isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH
+
+
+def frame(action: str, payload: Any, ref: str | int | None = None) -> dict[str, Any]:
+    """A server frame; `ref` is present only when the client's frame had one."""
+    out: dict[str, Any] = {"action": action, "payload": payload}
+    if ref is not None:
+        out["ref"] = ref
+    return out
+
+
+def error_frame(
+    code: ErrorCode,
+    message: str | None = None,
+    action: str | None = None,
+    ref: str | int | None = None,
+) -> dict[str, Any]:
+    """An `error` frame answering a failed action."""
+    payload = {"code": str(code), "message": message or ERROR_MESSAGES[code], "action": action}
+    return frame(Action.ERROR, payload, ref)
+
+
+def auth_failure(code: ErrorCode, message: str) -> dict[str, Any]:
+    """The payload of a failed `auth` reply."""
+    return {"registered": False, "error": {"code": str(code), "message": message}}
+
+
+def user_payload(user_id: int, username: str) -> dict[str, Any]:
+    """The only fields of a user that ever go on the wire."""
+    return {"id": user_id, "username": username}
+
+
+def disconnect_push(reason: Reason) -> dict[str, Any]:
+    """The push sent just before the server closes a socket."""
+    return frame(
+        Action.DISCONNECT, {"reason": str(reason), "reconnect": reason is Reason.AUTH_TIMEOUT}
+    )
+
+
+def validate_text(payload: Any) -> str:
+    """`message` text: a string of at most MAX_TEXT_LENGTH code points."""
+    if not isinstance(payload, str):
+        raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, "The payload must be a string of text.")
+    if len(payload) > MAX_TEXT_LENGTH:
+        raise EnvelopeError(
+            ErrorCode.INVALID_PAYLOAD, f"The text is longer than {MAX_TEXT_LENGTH} characters."
+        )
+    return payload
+
+
+def validate_send(payload: Any) -> tuple[str, str]:
+    """`send` payload: {"to": USERNAME, "text": TEXT}."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("to"), str):
+        raise EnvelopeError(
+            ErrorCode.INVALID_PAYLOAD, 'The payload must be {"to": USERNAME, "text": TEXT}.'
+        )
+    if not payload["to"] or len(payload["to"]) > 150:
+        raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, '"to" must be a username.')
+    return payload["to"], validate_text(payload.get("text"))

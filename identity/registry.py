@@ -1,0 +1,198 @@
+"""The connection registry: who is connected, where and since when.
+
+Shared by every server process through the database. Each process has an id
+and a heartbeat; a socket counts as live only while its process's heartbeat is
+fresher than IDENTITY_HEARTBEAT_EXPIRY, so a process killed with SIGKILL stops
+counting after that bound even before anyone deletes its rows. The living
+processes delete such ghosts on their next heartbeat.
+
+A user's connects and disconnects are serialised by locking their
+UserIdentity row, so "first socket" and "last socket" are decided exactly once
+across processes (presence pushes, the per-user connection limit).
+
+Everything here is synchronous ORM code; callers in async code wrap it with
+database_sync_to_async (see identity.push and identity.consumers).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from identity import conf
+from identity.exceptions import ConnectionLimit
+from identity.models import Connection, ServerProcess, UserIdentity
+
+SERVER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineUser:
+    """A user with at least one live socket."""
+
+    id: int
+    username: str
+    connections: int
+
+    def as_dict(self) -> dict[str, object]:
+        """The wire form: `{"id", "username", "connections"}`."""
+        return {"id": self.id, "username": self.username, "connections": self.connections}
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    """Where a socket came from, recorded when it authenticates."""
+
+    channel_name: str
+    opened_at: datetime
+    remote_addr: str = ""
+    user_agent: str = ""
+
+
+def live_cutoff() -> datetime:
+    """Heartbeats older than this mean a dead process."""
+    return timezone.now() - timedelta(seconds=conf.heartbeat_expiry())
+
+
+def live_connections() -> QuerySet[Connection]:
+    """Connections whose server process is alive."""
+    return Connection.objects.filter(server__heartbeat_at__gte=live_cutoff())
+
+
+def _lock_user(user_id: int) -> None:
+    UserIdentity.objects.get_or_create(user_id=user_id)
+    UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
+
+
+def _ensure_server() -> None:
+    now = timezone.now()
+    ServerProcess.objects.get_or_create(
+        id=SERVER_ID, defaults={"started_at": now, "heartbeat_at": now}
+    )
+
+
+def register(user_id: int, info: SocketInfo) -> bool:
+    """Record an authenticated socket; True if it is the user's first live one."""
+    with transaction.atomic():
+        _ensure_server()
+        _lock_user(user_id)
+        ghosts, _ = (
+            Connection.objects.filter(user_id=user_id)
+            .exclude(server__heartbeat_at__gte=live_cutoff())
+            .delete()
+        )
+        live = live_connections().filter(user_id=user_id).count()
+        limit = conf.max_connections_per_user()
+        if limit and live >= limit:
+            raise ConnectionLimit(
+                f"This user already has {live} open connection(s), the limit; close one first."
+            )
+        now = timezone.now()
+        Connection.objects.create(
+            channel_name=info.channel_name,
+            user_id=user_id,
+            server_id=SERVER_ID,
+            opened_at=info.opened_at,
+            authenticated_at=now,
+            remote_addr=info.remote_addr[:64],
+            user_agent=info.user_agent[:300],
+        )
+        # Ghosts were still "online" to subscribers, who never saw them go.
+        return live == 0 and not ghosts
+
+
+def unregister(channel_name: str) -> tuple[int, str, bool] | None:
+    """Forget a socket: (user id, username, True if it was the user's last live one).
+
+    None if the socket is not registered (never was, or its user was deleted).
+    """
+    with transaction.atomic():
+        row = (
+            Connection.objects.filter(channel_name=channel_name)
+            .values_list("user_id", "user__username")
+            .first()
+        )
+        if row is None:
+            return None
+        user_id, username = row
+        _lock_user(user_id)
+        Connection.objects.filter(channel_name=channel_name).delete()
+        return user_id, username, not live_connections().filter(user_id=user_id).exists()
+
+
+def online_users() -> list[OnlineUser]:
+    """Every user with a live socket, with their socket count, by username."""
+    rows = (
+        live_connections()
+        .values("user_id", "user__username")
+        .annotate(connections=Count("channel_name"))
+        .order_by("user__username")
+    )
+    return [OnlineUser(r["user_id"], r["user__username"], r["connections"]) for r in rows]
+
+
+def user_connections(user_id: int) -> list[Connection]:
+    """The live sockets of one user."""
+    return list(live_connections().filter(user_id=user_id).select_related("server"))
+
+
+def is_online(user_id: int) -> bool:
+    """Whether the user has a live socket on any process."""
+    return live_connections().filter(user_id=user_id).exists()
+
+
+def heartbeat() -> list[tuple[int, str]]:
+    """Vouch for this process's sockets, purge dead processes.
+
+    Returns the (id, username) of users whose last socket went with a dead
+    process, so the caller can push `offline` for them.
+    """
+    now = timezone.now()
+    ServerProcess.objects.update_or_create(
+        id=SERVER_ID,
+        defaults={"heartbeat_at": now},
+        create_defaults={"started_at": now, "heartbeat_at": now},
+    )
+    return purge_dead_servers()
+
+
+def purge_dead_servers() -> list[tuple[int, str]]:
+    """Delete the rows of processes whose heartbeat expired; users who went offline."""
+    dead = ServerProcess.objects.filter(heartbeat_at__lt=live_cutoff())
+    affected = list(
+        Connection.objects.filter(server__in=dead)
+        .values_list("user_id", "user__username")
+        .distinct()
+    )
+    gone = [(uid, name) for uid, name in affected if _purge_user_ghosts(uid)]
+    dead.delete()
+    return gone
+
+
+def _purge_user_ghosts(user_id: int) -> bool:
+    with transaction.atomic():
+        _lock_user(user_id)
+        deleted, _ = (
+            Connection.objects.filter(user_id=user_id)
+            .exclude(server__heartbeat_at__gte=live_cutoff())
+            .delete()
+        )
+        return bool(deleted) and not live_connections().filter(user_id=user_id).exists()
+
+
+def forget_server() -> list[tuple[int, str]]:
+    """Remove this process's sockets (clean shutdown); users who went offline."""
+    users = list(
+        Connection.objects.filter(server_id=SERVER_ID)
+        .values_list("user_id", "user__username")
+        .distinct()
+    )
+    ServerProcess.objects.filter(id=SERVER_ID).delete()
+    return [(uid, name) for uid, name in users if not is_online(uid)]

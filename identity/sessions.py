@@ -1,0 +1,65 @@
+"""The async edge of the domain: what the consumer asks of tokens and the registry.
+
+Each function is one hop to the database thread, so `auth` costs one hop
+whatever it checks (token, user, revocation, connection limit, registry).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+
+from identity import push, registry, tokens
+
+logger = logging.getLogger(__name__)
+
+
+@database_sync_to_async
+def _open(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken, bool]:
+    user, token = tokens.authenticate(raw)
+    first = registry.register(user.pk, info)
+    return user, token, first
+
+
+async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken]:
+    """Authenticate an anonymous socket and record it; push `online` if it is the first."""
+    user, token, first = await _open(raw, info)
+    if first:
+        await push.push_presence("online", user.pk, user.get_username())
+    return user, token
+
+
+check_token = database_sync_to_async(tokens.authenticate)
+check_token.__doc__ = "Verify a token and resolve its user (re-auth of a known socket)."
+
+
+async def close_session(channel_name: str) -> None:
+    """Forget an authenticated socket; push `offline` if it was the user's last."""
+    try:
+        outcome = await database_sync_to_async(registry.unregister)(channel_name)
+    except Exception:
+        # The socket is going anyway; the heartbeat expiry cleans up after us.
+        logger.exception("could not remove %s from the registry", channel_name)
+        return
+    if outcome is None:
+        return
+    user_id, username, last = outcome
+    if last:
+        await push.push_presence("offline", user_id, username)
+
+
+@database_sync_to_async
+def find_recipient(username: str) -> tuple[int, bool] | None:
+    """The user id for a username and whether they are online; None if no such user."""
+    user_model = get_user_model()
+    user_id = (
+        user_model.objects.filter(**{user_model.USERNAME_FIELD: username})
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if user_id is None:
+        return None
+    return user_id, registry.is_online(user_id)

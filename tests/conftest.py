@@ -1,0 +1,127 @@
+"""Shared fixtures: users, tokens, and WebSocket clients on the real ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+
+from config.asgi import application
+
+TIMEOUT = 3  # seconds to wait for a frame the server must send
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> None:
+    """Each test gets a new in-memory layer (its queues belong to one event loop)."""
+    channel_layers.backends.clear()
+
+
+def make_user(username: str, **extra: Any) -> Any:
+    return get_user_model().objects.create_user(
+        username=username, password=extra.pop("password", "pw-" + username), **extra
+    )
+
+
+@pytest.fixture
+def alice(transactional_db: None) -> Any:
+    return make_user("alice", email="alice@example.com")
+
+
+@pytest.fixture
+def bob(transactional_db: None) -> Any:
+    return make_user("bob", email="bob@example.com")
+
+
+@pytest.fixture
+def staff(transactional_db: None) -> Any:
+    return make_user("operator", is_staff=True)
+
+
+def access_for(user: Any, lifetime: timedelta | None = None) -> str:
+    token = AccessToken.for_user(user)
+    if lifetime is not None:
+        token.set_exp(lifetime=lifetime)
+    return str(token)
+
+
+def refresh_for(user: Any) -> str:
+    return str(RefreshToken.for_user(user))
+
+
+class Client:
+    """A WebSocket client on the ASGI app with protocol helpers."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.closed_with: int | None = None
+
+    async def send(self, action: str, payload: Any = None, **extra: Any) -> None:
+        await self.communicator.send_json_to({"action": action, "payload": payload, **extra})
+
+    async def send_text(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return await self.communicator.receive_json_from(timeout=timeout)
+
+    async def request(self, action: str, payload: Any = None, **extra: Any) -> dict[str, Any]:
+        await self.send(action, payload, **extra)
+        return await self.receive()
+
+    async def auth(self, token: str) -> dict[str, Any]:
+        reply = await self.request("auth", token)
+        assert reply["action"] == "auth", reply
+        return reply["payload"]
+
+    async def receive_close(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the server to close; the close code."""
+        output = await self.communicator.receive_output(timeout)
+        assert output["type"] == "websocket.close", output
+        self.closed_with = output.get("code", 1000)
+        return self.closed_with
+
+    async def assert_silent(self) -> None:
+        assert await self.communicator.receive_nothing(timeout=0.2)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.communicator.disconnect()
+
+
+async def open_client(
+    headers: list[tuple[bytes, bytes]] | None = None, path: str = "/ws/"
+) -> tuple[bool, Client]:
+    communicator = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    return connected, Client(communicator)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[..., Any]]:
+    """Open authenticated-or-not clients; all closed at the end of the test."""
+    clients: list[Client] = []
+
+    async def _connect(token: str | None = None, **kwargs: Any) -> Client:
+        connected, client = await open_client(**kwargs)
+        assert connected
+        clients.append(client)
+        if token is not None:
+            reply = await client.auth(token)
+            assert reply["registered"] is True, reply
+        return client
+
+    yield _connect
+    for client in clients:
+        await client.close()
+
+
+adb = database_sync_to_async
