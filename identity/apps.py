@@ -10,3 +10,6 @@ class IdentityConfig(AppConfig):
 
     def ready(self) -> None:
         from identity import checks, signals  # noqa: F401  (registers checks and receivers)
+        from identity.daphne_compat import patch_daphne
+
+        patch_daphne()

@@ -212,7 +212,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             self.failed_auths = 0
             self.set_identity(user, expires_at)
             await self.reply(envelope, self.auth_success())
-            if expires_at - time.time() <= conf.expiry_notice():
+            if 0 < expires_at - time.time() <= conf.expiry_notice():
                 await self.push_expiring()
 
     async def verify(self, raw: Any) -> tuple[Any, int]:
@@ -289,7 +289,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.scope["user"] = user
         self.cancel_timer("auth")
         remaining = expires_at - time.time()
-        self.start_timer("expiring", remaining - conf.expiry_notice(), self.on_expiring)
+        if conf.expiry_notice() > 0:  # 0 turns the `expiring` hint off
+            self.start_timer("expiring", remaining - conf.expiry_notice(), self.on_expiring)
         self.start_timer("expired", remaining, self.on_expired)
 
     async def drop_identity(self) -> None:

@@ -2,7 +2,9 @@
 
 import os
 
-os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-only-for-the-test-suite-" + "0123456789" * 4)
+os.environ.setdefault(
+    "DJANGO_SECRET_KEY", "test-secret-key-only-for-the-test-suite-" + "0123456789" * 4
+)
 os.environ.setdefault("DJANGO_DEBUG", "0")
 
 from config.settings import *  # noqa: F403

@@ -1,0 +1,42 @@
+# One command to run, one to test. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint serve bench browser clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=1 $(PY) manage.py demo_users
+	@echo ""
+	@echo "  Page:  http://$(HOST):$(PORT)/"
+	@echo "  Admin: http://$(HOST):$(PORT)/admin/  (sign in as operator)"
+	@echo "  WebSocket: ws://$(HOST):$(PORT)/ws/"
+	@echo ""
+	DJANGO_DEBUG=1 $(PY) manage.py runserver $(HOST):$(PORT)
+
+# Chromium for the browser tests (Debian's package; Playwright's download does not work here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and cannot be installed here: browser tests will skip"; fi; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check config identity tests bench
+	$(VENV)/bin/ruff format --check config identity tests bench
+
+test: $(STAMP) browser lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache
