@@ -196,6 +196,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(disconnect_push(reason))
             code = CLOSE_CODE_FOR_REASON[reason]
         await self.close(code=code)
+        # Leave the registry now, not when the client finishes the closing
+        # handshake: a withdrawn socket must not count as online meanwhile.
+        await self.forget_identity()
 
     # --- actions --------------------------------------------------------------
 

@@ -1,0 +1,202 @@
+"""`presence`, `send` and the `direct`/`presence` pushes, several users and sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from identity import heartbeat, registry
+from identity.models import Connection, ServerProcess
+from tests.conftest import access_for, adb, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def online(users_reply: dict) -> dict[str, int]:
+    return {u["username"]: u["connections"] for u in users_reply["payload"]["users"]}
+
+
+async def test_presence_lists_users_and_their_socket_counts(alice, bob, connect):
+    a1 = await connect(access_for(alice))
+    await connect(access_for(alice))
+    await connect(access_for(bob))
+    await connect()  # anonymous sockets are nobody
+    reply = await a1.request("presence", None, ref="p")
+    assert reply["ref"] == "p"
+    assert online(reply) == {"alice": 2, "bob": 1}
+    assert all(set(u) == {"id", "username", "connections"} for u in reply["payload"]["users"])
+
+
+async def test_online_and_offline_are_pushed_once_per_transition(alice, bob, connect):
+    watcher = await connect(access_for(alice))
+    await watcher.request("presence")
+    b1 = await connect(access_for(bob))
+    assert await watcher.receive() == {
+        "action": "presence",
+        "payload": {"event": "online", "user": {"id": bob.pk, "username": "bob"}},
+    }
+    b2 = await connect(access_for(bob))  # second socket: no transition
+    await b1.close()  # one of two goes: no transition
+    await watcher.assert_silent()
+    await b2.request("logout")  # the last one goes
+    assert await watcher.receive() == {
+        "action": "presence",
+        "payload": {"event": "offline", "user": {"id": bob.pk, "username": "bob"}},
+    }
+    await watcher.assert_silent()
+
+
+async def test_presence_pushes_go_only_to_sockets_that_asked(alice, bob, connect):
+    asked = await connect(access_for(alice))
+    await asked.request("presence")
+    silent = await connect(access_for(alice))
+    await connect(access_for(bob))
+    assert (await asked.receive())["payload"]["event"] == "online"
+    await silent.assert_silent()
+
+
+async def test_the_subscription_ends_with_the_identity_and_survives_same_user_reauth(
+    alice, bob, connect
+):
+    watcher = await connect(access_for(alice))
+    await watcher.request("presence")
+    assert (await watcher.auth(access_for(alice)))["registered"] is True
+    bob_socket = await connect(access_for(bob))
+    assert (await watcher.receive())["payload"]["event"] == "online"
+    await watcher.request("logout")
+    await watcher.auth(access_for(alice))
+    await bob_socket.close()
+    await watcher.assert_silent()
+
+
+async def test_disconnect_of_a_users_last_socket_pushes_offline(alice, bob, connect):
+    watcher = await connect(access_for(alice))
+    await watcher.request("presence")
+    bob_socket = await connect(access_for(bob))
+    await watcher.receive()
+    await bob_socket.close()
+    assert (await watcher.receive())["payload"]["event"] == "offline"
+
+
+async def test_send_reaches_every_socket_of_the_recipient(alice, bob, connect):
+    sender = await connect(access_for(alice))
+    b1 = await connect(access_for(bob))
+    b2 = await connect(access_for(bob))
+    reply = await sender.request("send", {"to": "bob", "text": "hi bob"}, ref=9)
+    assert reply == {"action": "send", "payload": {"to": "bob", "online": True}, "ref": 9}
+    expected = {
+        "action": "direct",
+        "payload": {"from": {"id": alice.pk, "username": "alice"}, "text": "hi bob"},
+    }
+    assert await b1.receive() == expected
+    assert await b2.receive() == expected
+    await sender.assert_silent()
+
+
+async def test_send_to_oneself_reaches_ones_own_sockets(alice, connect):
+    a1 = await connect(access_for(alice))
+    a2 = await connect(access_for(alice))
+    await a1.send("send", {"to": "alice", "text": "note"})
+    frames = [await a1.receive(), await a1.receive()]
+    assert {f["action"] for f in frames} == {"send", "direct"}
+    assert (await a2.receive())["payload"]["text"] == "note"
+
+
+async def test_send_to_an_existing_user_without_sockets_is_online_false(alice, bob, connect):
+    sender = await connect(access_for(alice))
+    assert (await sender.request("send", {"to": "bob", "text": "x"}))["payload"] == {
+        "to": "bob",
+        "online": False,
+    }
+
+
+async def test_send_to_an_unknown_username_is_user_not_found(alice, connect):
+    sender = await connect(access_for(alice))
+    reply = await sender.request("send", {"to": "nobody", "text": "x"}, ref="s")
+    assert reply["payload"]["code"] == "user_not_found"
+    assert reply["payload"]["action"] == "send"
+    assert reply["ref"] == "s"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "bob",
+        {"to": "bob"},
+        {"text": "x"},
+        {"to": 5, "text": "x"},
+        {"to": "", "text": "x"},
+        {"to": "bob", "text": "x" * 4097},
+        {"to": "bob", "text": 3},
+    ],
+)
+async def test_send_with_a_bad_payload_is_invalid_payload(alice, bob, connect, payload):
+    sender = await connect(access_for(alice))
+    receiver = await connect(access_for(bob))
+    reply = await sender.request("send", payload)
+    assert reply["payload"]["code"] == "invalid_payload"
+    await receiver.assert_silent()
+
+
+async def test_a_logged_out_socket_no_longer_receives_direct(alice, bob, connect):
+    sender = await connect(access_for(alice))
+    b1 = await connect(access_for(bob))
+    await b1.request("logout")
+    assert (await sender.request("send", {"to": "bob", "text": "x"}))["payload"]["online"] is False
+    await b1.assert_silent()
+
+
+async def test_the_connection_limit_holds(alice, connect, settings):
+    settings.IDENTITY_MAX_CONNECTIONS_PER_USER = 2
+    await connect(access_for(alice))
+    second = await connect(access_for(alice))
+    third = await connect()
+    reply = await third.auth(access_for(alice))
+    assert reply["registered"] is False
+    assert reply["error"]["code"] == "connection_limit"
+    await second.close()
+    assert (await third.auth(access_for(alice)))["registered"] is True
+
+
+async def test_reauth_of_the_same_user_does_not_count_against_the_limit(alice, connect, settings):
+    settings.IDENTITY_MAX_CONNECTIONS_PER_USER = 1
+    client = await connect(access_for(alice))
+    assert (await client.auth(access_for(alice)))["registered"] is True
+
+
+async def test_ghosts_of_a_dead_process_vanish_after_the_bound(alice, bob, connect, settings):
+    settings.IDENTITY_HEARTBEAT_EXPIRY = 5
+    watcher = await connect(access_for(alice))
+    await watcher.request("presence")
+    dead = await adb(ServerProcess.objects.create)(
+        id="dead:1:x", started_at="2026-01-01T00:00:00Z", heartbeat_at="2026-01-01T00:00:00Z"
+    )
+    await adb(Connection.objects.create)(
+        channel_name="ghost-channel",
+        user=bob,
+        server=dead,
+        opened_at="2026-01-01T00:00:00Z",
+        authenticated_at="2026-01-01T00:00:00Z",
+    )
+    # Stale heartbeat: not listed even before anyone purges it.
+    assert online(await watcher.request("presence")) == {"alice": 1}
+    await heartbeat.beat_once()
+    assert (await watcher.receive())["payload"] == {
+        "event": "offline",
+        "user": {"id": bob.pk, "username": "bob"},
+    }
+    assert not await adb(Connection.objects.filter(channel_name="ghost-channel").exists)()
+    assert not await adb(ServerProcess.objects.filter(id="dead:1:x").exists)()
+    assert await adb(ServerProcess.objects.filter(id=registry.SERVER_ID).exists)()
+
+
+async def test_presence_scales_with_subscribers_not_with_sockets(connect, transactional_db):
+    users = [await adb(make_user)(f"user{n}") for n in range(5)]
+    sockets = [await connect(access_for(u)) for u in users]
+    watcher = sockets[0]
+    await watcher.request("presence")
+    newcomer = await adb(make_user)("newcomer")
+    await connect(access_for(newcomer))
+    assert (await watcher.receive())["payload"]["user"]["username"] == "newcomer"
+    for other in sockets[1:]:
+        await other.assert_silent()
