@@ -123,9 +123,12 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several threads of one server write the registry; wait for the lock
-    # instead of failing with "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Several threads (and processes) write the registry: take the write lock
+    # when a transaction starts and wait for it, instead of failing with
+    # "database is locked" when a reader tries to upgrade.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

@@ -195,7 +195,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         if reason is not None:
             await self.send_json(disconnect_push(reason))
             code = CLOSE_CODE_FOR_REASON[reason]
-        await self.close(code=code)
+        # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
+        await self.close(code=int(code) if code is not None else None)
         # Leave the registry now, not when the client finishes the closing
         # handshake: a withdrawn socket must not count as online meanwhile.
         await self.forget_identity()

@@ -87,6 +87,8 @@ class Client:
         output = await self.communicator.receive_output(timeout)
         assert output["type"] == "websocket.close", output
         self.closed_with = output.get("code", 1000)
+        # daphne (autobahn) accepts only a plain int; an IntEnum becomes 1011.
+        assert type(self.closed_with) is int, type(self.closed_with)
         return self.closed_with
 
     async def assert_silent(self) -> None:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")
 def server():
-    database = Database.sqlite()
+    database = Database.sqlite(IDENTITY_AUTH_TIMEOUT="2", IDENTITY_MAX_AUTH_ATTEMPTS="2")
     live = LiveServer(database.env).start()
     live.passwords = database.passwords
     yield live
@@ -111,3 +111,28 @@ async def test_the_token_endpoints_answer_over_http(server):
     assert status == 401 and body["detail"]
     status, body = server.post("/api/token/refresh/", {"refresh": "junk"})
     assert status == 401 and body["code"] == "token_not_valid"
+
+
+async def closing(ws) -> tuple[dict, int]:
+    push = await recv(ws)
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws)
+    return push, closed.value.rcvd.code
+
+
+async def test_the_auth_timeout_closes_4401_through_daphne(server):
+    async with websockets.connect(server.ws) as ws:
+        push, code = await closing(ws)
+    assert push["payload"] == {"reason": "auth_timeout", "reconnect": True}
+    assert code == 4401
+
+
+async def test_too_many_attempts_closes_4429_through_daphne(server):
+    async with websockets.connect(server.ws) as ws:
+        await ws.send(json.dumps({"action": "auth", "payload": "bad"}))
+        assert (await recv(ws))["payload"]["registered"] is False
+        await ws.send(json.dumps({"action": "auth", "payload": "bad"}))
+        assert (await recv(ws))["payload"]["registered"] is False
+        push, code = await closing(ws)
+    assert push["payload"] == {"reason": "too_many_attempts", "reconnect": False}
+    assert code == 4429
