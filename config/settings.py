@@ -132,15 +132,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    # channels-redis's pub/sub layer (chosen by measurement: docs/deploy.md),
+    # with bounded waits so a Redis outage is an error, not a hang.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "identity.layers.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
-                # Group pushes to a busy socket must queue, not be dropped.
-                "capacity": 1000,
-                # A socket stays in its groups as long as it lives.
-                "group_expiry": 86400,
+                "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
+                # Pub/sub channels ignore Redis database numbers: deployments
+                # sharing one Redis keep apart by prefix.
+                "prefix": env_str("IDENTITY_REDIS_PREFIX", "identity"),
             },
         }
     }

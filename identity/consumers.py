@@ -21,7 +21,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from identity import conf, heartbeat, push, registry, sessions
-from identity.exceptions import IdentityError, IdentityMismatch
+from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
+from identity.layers import LayerUnavailable
 from identity.protocol import (
     ANONYMOUS_ACTIONS,
     CLIENT_ACTIONS,
@@ -103,6 +104,16 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     # --- transport ------------------------------------------------------------
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except LayerUnavailable:
+            # Only `new_channel` can get here (handlers catch the rest): the
+            # socket never opened, so refuse the handshake instead of a 500.
+            logger.warning("channel layer unavailable: handshake refused")
+            await receive()
+            await send({"type": "websocket.close"})
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections through a thread hop before every
         # handler; no handler here touches the ORM outside database_sync_to_async
@@ -182,6 +193,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await handler(envelope)
         except EnvelopeError as exc:
             await self.send_json(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
+        except LayerUnavailable:
+            logger.warning("channel layer unavailable during %r", envelope.action)
+            code = ErrorCode.SERVICE_UNAVAILABLE
+            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
 
     async def reply(self, envelope: Envelope, payload: Any, action: str | None = None) -> None:
         await self.send_json(frame(action or envelope.action, payload, envelope.ref))
@@ -209,6 +224,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 return
             try:
                 user, expires_at = await self.verify(envelope.payload)
+            except ServiceUnavailable as exc:
+                # The server's fault, not the client's: no attempt is counted.
+                await self.reply(envelope, auth_failure(exc.code, exc.message))
+                return
             except IdentityError as exc:
                 await self.reply(envelope, auth_failure(exc.code, exc.message))
                 await self.count_failed_auth()
@@ -223,7 +242,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """Resolve the token's user; register the socket if it was anonymous."""
         if self.user is None:
             user, token = await sessions.open_session(raw, self.socket_info())
-            await self.channel_layer.group_add(push.user_group(user.pk), self.channel_name)
             return user, token.expires_at
         user, token = await sessions.check_token(raw)
         if user.pk != self.user.pk:
@@ -311,9 +329,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.user = self.expires_at = None
         self.subscribed = False
         self.scope.pop("user", None)
-        await self.channel_layer.group_discard(push.user_group(user.pk), self.channel_name)
-        if subscribed:
-            await self.channel_layer.group_discard(push.PRESENCE_GROUP, self.channel_name)
+        groups = [push.user_group(user.pk)] + ([push.PRESENCE_GROUP] if subscribed else [])
+        try:
+            for group in groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except LayerUnavailable:
+            # Pushes to a channel nobody reads are dropped; nothing else to undo.
+            logger.warning("channel layer unavailable: %s left its groups late", self.channel_name)
         await sessions.close_session(self.channel_name)
 
     # --- timers ---------------------------------------------------------------

@@ -70,3 +70,10 @@ class ConnectionLimit(IdentityError):
 
     code = ErrorCode.CONNECTION_LIMIT
     default_message = "Too many open connections for this user; close one first."
+
+
+class ServiceUnavailable(IdentityError):
+    """The channel layer is down: the socket cannot be registered for pushes now."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    default_message = "The server cannot reach its channel layer right now; try again shortly."

@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     USER_INACTIVE = "user_inactive"
     IDENTITY_MISMATCH = "identity_mismatch"
     CONNECTION_LIMIT = "connection_limit"
+    # Not in PROTOCOL.md's table: the channel layer (Redis) is down; retry later.
+    SERVICE_UNAVAILABLE = "service_unavailable"
 
 
 class CloseCode(IntEnum):
@@ -105,6 +107,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_AUTHENTICATED: 'This action needs an identity: send "auth" with a token first.',
     ErrorCode.UNSUPPORTED_FRAME: "Binary frames are not supported; send JSON text frames.",
     ErrorCode.RATE_LIMITED: "Too many frames; slow down.",
+    ErrorCode.SERVICE_UNAVAILABLE: (
+        "The server cannot reach its channel layer right now; try again in a few seconds."
+    ),
 }
 
 

@@ -10,9 +10,12 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer as channel_layer
 from django.contrib.auth import get_user_model
 
 from identity import push, registry, tokens
+from identity.exceptions import ServiceUnavailable
+from identity.layers import LayerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +28,28 @@ def _open(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToke
 
 
 async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken]:
-    """Authenticate an anonymous socket and record it; push `online` if it is the first."""
+    """Authenticate an anonymous socket, record it and join its user's group.
+
+    Pushes `online` if it is the user's first socket. If the channel layer is
+    down the registration is undone and ServiceUnavailable raised.
+    """
     user, token, first = await _open(raw, info)
+    try:
+        await channel_layer().group_add(push.user_group(user.pk), info.channel_name)
+    except LayerUnavailable as exc:
+        await database_sync_to_async(registry.unregister)(info.channel_name)
+        raise ServiceUnavailable() from exc
     if first:
-        await push.push_presence("online", user.pk, user.get_username())
+        await best_effort(push.push_presence("online", user.pk, user.get_username()))
     return user, token
+
+
+async def best_effort(awaitable: Any) -> None:
+    """A push that may be lost while the channel layer is down (logged, not raised)."""
+    try:
+        await awaitable
+    except LayerUnavailable:
+        logger.warning("channel layer unavailable: a presence push was lost", exc_info=True)
 
 
 check_token = database_sync_to_async(tokens.authenticate)
@@ -48,7 +68,7 @@ async def close_session(channel_name: str) -> None:
         return
     user_id, username, last = outcome
     if last:
-        await push.push_presence("offline", user_id, username)
+        await best_effort(push.push_presence("offline", user_id, username))
 
 
 @database_sync_to_async

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
+from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
@@ -124,6 +124,8 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
     yield _connect
     for client in clients:
         await client.close()
+    # A Redis layer holds connections per event loop: close them with the loop.
+    await get_channel_layer().flush()
 
 
 adb = database_sync_to_async
