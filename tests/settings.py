@@ -6,6 +6,7 @@ os.environ.setdefault(
     "DJANGO_SECRET_KEY", "test-secret-key-only-for-the-test-suite-" + "0123456789" * 4
 )
 os.environ.setdefault("DJANGO_DEBUG", "0")
+os.environ.setdefault("DJANGO_HTTPS", "0")  # the test client speaks plain http
 
 from config.settings import *  # noqa: F403
 
