@@ -31,6 +31,13 @@ browser:
 	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and cannot be installed here: browser tests will skip"; fi; }
 
+# Production: uvicorn workers sharing REDIS_URL and DATABASE_URL (docs/deploy.md).
+WORKERS ?= 2
+serve: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check config identity tests bench
 	$(VENV)/bin/ruff format --check config identity tests bench

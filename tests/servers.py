@@ -91,10 +91,10 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         args = [sys.executable, *self.command]
-        if self.command[0] == "manage.py":
+        if self.command[:2] == ["manage.py", "runserver"]:
             args.append(f"127.0.0.1:{self.port}")
         else:
-            args += ["--port", str(self.port)]
+            args += ["--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
