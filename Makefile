@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint serve bench browser clean
+.PHONY: run test test-services lint serve bench browser clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check config identity tests bench
 	$(VENV)/bin/ruff format --check config identity tests bench
 
+SERVICES_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0
+
 test: $(STAMP) browser lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-services
+
+# The suite again on this machine's PostgreSQL and Redis (tests that start
+# their own servers on those services already ran above).
+test-services: $(STAMP)
+	@if $(PY) -c "import socket; [socket.create_connection(('127.0.0.1', p), 2).close() for p in (5432, 6379)]" 2>/dev/null; then \
+	  echo "== the suite on PostgreSQL and Redis =="; \
+	  $(SERVICES_ENV) $(PY) -m pytest -m "not browser and not services" -p no:cacheprovider; \
+	elif [ "$(REQUIRE_SERVICES)" = 1 ]; then \
+	  echo "REQUIRE_SERVICES=1 but PostgreSQL (5432) or Redis (6379) is not reachable"; exit 1; \
+	else echo "skipped: the suite on PostgreSQL and Redis (not reachable on 127.0.0.1)"; fi
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from identity import push, registry, withdraw
 from identity.models import Connection, ServerProcess
@@ -46,33 +46,6 @@ class OnlineFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.filter(live_sockets=0)
         return queryset
-
-
-class ConnectionInline(admin.TabularInline):
-    """The user's live connections, each with a button to close it."""
-
-    model = Connection
-    extra = 0
-    can_delete = False
-    verbose_name = "live connection"
-    verbose_name_plural = "live connections"
-    fields = ["opened_at", "last_seen", "remote_addr", "user_agent", "server", "close_button"]
-    readonly_fields = fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return registry.live_connections().select_related("server")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="last seen")
-    def last_seen(self, obj: Connection) -> Any:
-        return obj.server.heartbeat_at
-
-    @admin.display(description="")
-    def close_button(self, obj: Connection) -> str:
-        url = reverse("admin:identity_close_connection", args=[obj.user_id, obj.channel_name])
-        return format_html('<a class="button" href="{}">Close</a>', url)
 
 
 @admin.action(description="Disconnect selected users (close their sockets)")
@@ -109,8 +82,42 @@ class IdentityUserAdmin(DjangoUserAdmin):
 
     list_display = [*DjangoUserAdmin.list_display, "is_active", "online", "live_sockets"]
     list_filter = [OnlineFilter, *DjangoUserAdmin.list_filter]
-    inlines = [ConnectionInline]
     actions = [disconnect_users, revoke_users]
+    readonly_fields = ["live_connections"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        # A read-only table, not an inline: an inline formset would post the
+        # connections back, and they may be gone by the time the form saves.
+        return [*fieldsets, ("Live connections", {"fields": ["live_connections"]})]
+
+    @admin.display(description="connections")
+    def live_connections(self, obj: Any) -> str:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            '<td><a class="button" href="{}">Close</a></td></tr>',
+            (
+                (
+                    conn.opened_at,
+                    conn.server.heartbeat_at,
+                    conn.remote_addr or "?",
+                    conn.user_agent or "?",
+                    conn.server_id,
+                    reverse("admin:identity_close_connection", args=[obj.pk, conn.channel_name]),
+                )
+                for conn in registry.user_connections(obj.pk)
+            ),
+        )
+        if not rows:
+            return "No live connection."
+        head = format_html(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>",
+            "opened", "last seen", "remote address", "user agent", "server process",
+        )  # fmt: skip
+        return format_html("<table>{}{}</table>", head, rows)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (

@@ -147,3 +147,28 @@ def test_sign_out_forgets_the_identity(page: Page, server: LiveServer, database:
     page.reload()
     expect(page.locator("#signin-form")).to_be_visible()
     expect(page.locator("#conn-state")).to_contain_text("offline")
+
+
+def test_deactivating_a_user_in_the_admin_drops_their_page_at_once(
+    browser: Browser, page: Page, server: LiveServer, database: Database
+) -> None:
+    sign_in_as_alice(page, server, database)
+    operator = browser.new_context().new_page()
+    operator.goto(server.http + "/admin/")
+    operator.fill("#id_username", "operator")
+    operator.fill("#id_password", database.passwords["operator"])
+    operator.click("input[type=submit]")
+    operator.goto(server.http + "/admin/auth/user/?online=yes")
+    expect(operator.locator("#result_list")).to_contain_text("alice", timeout=STEP)
+    operator.click("#result_list a:text-is('alice')")
+    expect(operator.locator("body")).to_contain_text("Live connections", timeout=STEP)
+    operator.uncheck("#id_is_active")
+    operator.click("input[name=_save]")
+    expect(operator.locator(".messagelist")).to_contain_text("changed successfully", timeout=STEP)
+
+    expect(page.locator("#signin-error")).to_contain_text("deactivated", timeout=STEP)
+    expect(page.locator("#signin-form")).to_be_visible()
+    # The old identity is refused from now on: signing in again fails.
+    sign_in(page, server, "alice", database.passwords["alice"])
+    expect(page.locator("#signin-error")).not_to_be_empty(timeout=STEP)
+    operator.context.close()
