@@ -38,9 +38,10 @@ serve: $(STAMP)
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
+LINT_PATHS := manage.py config identity tests $(wildcard bench)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check config identity tests bench
-	$(VENV)/bin/ruff format --check config identity tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 SERVICES_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/0
 
