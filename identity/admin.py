@@ -21,6 +21,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from identity import push, registry, withdraw
+from identity.layers import LayerUnavailable
 from identity.models import Connection, ServerProcess
 from identity.protocol import Reason
 
@@ -64,7 +65,7 @@ def _withdraw_each(modeladmin: Any, request: HttpRequest, queryset: QuerySet, ac
     for user in users:
         try:
             closed += act(user.pk)
-        except push.LayerUnreachable as exc:
+        except (push.LayerUnreachable, LayerUnavailable) as exc:
             unreachable.append(f"{user.get_username()}: {exc}")
     modeladmin.message_user(
         request, f"{closed} socket(s) closed for {len(users)} user(s).", messages.SUCCESS

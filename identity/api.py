@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import exceptions, permissions, status
 from rest_framework.request import Request
@@ -25,6 +25,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from identity import push, registry, tokens, withdraw
 from identity.exceptions import IdentityError
+from identity.layers import LayerUnavailable
 from identity.protocol import Reason
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's handler, plus a stable `code` in every error body."""
     if isinstance(exc, TokenError):
         exc = exceptions.AuthenticationFailed(str(exc), code="token_not_valid")
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()  # DRF converts it too, but loses the code
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "code" not in response.data:
         codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
@@ -105,7 +108,7 @@ class RevokeView(StaffView):
 def _withdrawn(username: str, action: Any) -> Response:
     try:
         closed = action()
-    except push.LayerUnreachable as exc:
+    except (push.LayerUnreachable, LayerUnavailable) as exc:
         return Response(
             {"detail": str(exc), "code": "layer_unreachable"},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -137,6 +140,12 @@ async def _check_channel_layer() -> None:
 
 async def healthz(request: Any) -> JsonResponse:
     """`GET /healthz`: 200 when the database and channel layer answer, 503 otherwise."""
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse(
+            {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"},
+            status=405,
+            headers={"Allow": "GET, HEAD"},
+        )
     checks = {
         "database": sync_to_async(_check_database)(),
         "channel_layer": _check_channel_layer(),

@@ -87,8 +87,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.closing = False
         self.failed_auths = 0
         self.opened_at = time.time()
-        rate = conf.rate_limit()
-        self.bucket = TokenBucket(rate, conf.rate_burst()) if rate > 0 else None
+        rate, burst = conf.rate_limit(), conf.rate_burst()
+        # Either set to 0 turns the limit off (a zero burst would refuse everything).
+        self.bucket = TokenBucket(rate, burst) if rate > 0 and burst > 0 else None
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
         self.lock = asyncio.Lock()
@@ -176,7 +177,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         try:
             envelope = parse_envelope(content)
         except EnvelopeError as exc:
-            await self.send_json(error_frame(exc.code, exc.message, exc.action))
+            await self.send_json(error_frame(exc.code, exc.message, exc.action, exc.ref))
             return
         await self.run_action(envelope)
 
@@ -193,6 +194,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await handler(envelope)
         except EnvelopeError as exc:
             await self.send_json(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
+        except RecursionError:
+            # Decodable but nested too deeply to encode again (e.g. a ping echo).
+            message = "The payload is nested too deeply."
+            code = ErrorCode.INVALID_PAYLOAD
+            await self.send_json(error_frame(code, message, envelope.action, envelope.ref))
         except LayerUnavailable:
             logger.warning("channel layer unavailable during %r", envelope.action)
             code = ErrorCode.SERVICE_UNAVAILABLE

@@ -116,11 +116,18 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
 class EnvelopeError(Exception):
     """A frame that is not a valid envelope; `code` goes on the wire."""
 
-    def __init__(self, code: ErrorCode, message: str, action: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        action: str | None = None,
+        ref: str | int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.action = action
+        self.ref = ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +141,22 @@ class Envelope:
 
 def parse_envelope(content: Any) -> Envelope:
     """Validate a decoded client frame; raise EnvelopeError if it is not an envelope."""
-    if not isinstance(content, dict) or not isinstance(content.get("action"), str):
+    if not isinstance(content, dict):
         raise EnvelopeError(ErrorCode.INVALID_MESSAGE, ERROR_MESSAGES[ErrorCode.INVALID_MESSAGE])
     ref = content.get("ref")
+    action = content.get("action")
     if not _valid_ref(ref):
         raise EnvelopeError(
             ErrorCode.INVALID_MESSAGE,
             f'"ref" must be a string of at most {MAX_REF_LENGTH} characters or an integer.',
-            content["action"],
+            action if isinstance(action, str) else None,
         )
-    return Envelope(content["action"], content.get("payload"), ref)
+    if not isinstance(action, str):
+        # The ref is valid, so the error carries it (rule 1).
+        raise EnvelopeError(
+            ErrorCode.INVALID_MESSAGE, ERROR_MESSAGES[ErrorCode.INVALID_MESSAGE], None, ref
+        )
+    return Envelope(action, content.get("payload"), ref)
 
 
 def _valid_ref(ref: Any) -> bool:

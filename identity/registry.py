@@ -185,14 +185,3 @@ def _purge_user_ghosts(user_id: int) -> bool:
             .delete()
         )
         return bool(deleted) and not live_connections().filter(user_id=user_id).exists()
-
-
-def forget_server() -> list[tuple[int, str]]:
-    """Remove this process's sockets (clean shutdown); users who went offline."""
-    users = list(
-        Connection.objects.filter(server_id=SERVER_ID)
-        .values_list("user_id", "user__username")
-        .distinct()
-    )
-    ServerProcess.objects.filter(id=SERVER_ID).delete()
-    return [(uid, name) for uid, name in users if not is_online(uid)]

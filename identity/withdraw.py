@@ -14,6 +14,7 @@ from django.db import transaction
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from identity import push
+from identity.layers import LayerUnavailable
 from identity.models import UserIdentity
 from identity.protocol import Reason
 
@@ -56,7 +57,7 @@ def disconnect_on_commit(user_id: int, reason: Reason) -> None:
 def disconnect_logged(user_id: int, reason: Reason) -> None:
     try:
         disconnect(user_id, reason)
-    except push.LayerUnreachable as exc:
+    except (push.LayerUnreachable, LayerUnavailable) as exc:
         logger.warning("user %s: sockets not closed: %s", user_id, exc)
     except Exception:
         logger.exception("user %s: could not close sockets", user_id)

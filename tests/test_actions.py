@@ -157,3 +157,34 @@ async def test_an_unknown_websocket_path_is_refused(transactional_db):
     connected, client = await open_client(path="/nope/")
     assert not connected
     await client.close()
+
+
+async def test_invalid_message_carries_a_valid_ref(connect, transactional_db):
+    client = await connect()
+    await client.send_text('{"action": 5, "ref": "x"}')
+    reply = await client.receive()
+    assert reply["payload"]["code"] == "invalid_message"
+    assert reply["ref"] == "x"
+
+
+async def test_a_payload_too_deep_to_echo_is_an_error_never_a_crash(
+    connect, settings, transactional_db
+):
+    settings.IDENTITY_RATE_LIMIT = 0
+    client = await connect()
+    outcomes = set()
+    for depth in range(850, 1000, 2):
+        await client.send_text('{"action":"ping","payload":' + "[" * depth + "]" * depth + "}")
+        reply = await client.receive()
+        outcomes.add(reply["action"] if reply["action"] == "pong" else reply["payload"]["code"])
+    assert outcomes <= {"pong", "invalid_json", "invalid_payload"}
+    assert "invalid_payload" in outcomes or "invalid_json" in outcomes
+    assert (await client.request("ping", 1))["action"] == "pong"
+
+
+async def test_healthz_refuses_other_methods_with_json(transactional_db):
+    from django.test import AsyncClient
+
+    response = await AsyncClient().post("/healthz")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"

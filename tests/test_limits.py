@@ -127,3 +127,11 @@ async def test_a_flooding_socket_does_not_slow_another(alice, bob, connect, sett
     for _ in range(6):
         await flooder.send("ping")
     assert (await calm.request("ping", "ok"))["payload"] == "ok"
+
+
+async def test_rate_burst_zero_also_turns_the_limit_off(connect, settings, transactional_db):
+    settings.IDENTITY_RATE_LIMIT = 30
+    settings.IDENTITY_RATE_BURST = 0
+    client = await connect()
+    for n in range(5):
+        assert (await client.request("ping", n))["payload"] == n

@@ -82,6 +82,9 @@ async def test_redis_restart_is_survived_by_open_sockets(fault_cluster):
     assert reply["action"] == "error"
     assert reply["payload"]["code"] == "service_unavailable"
     assert time.monotonic() - started < 5  # a clear error, not a hang
+    staff = access(p1, database, "operator")
+    status, body = p1.post("/api/users/bob/disconnect/", None, staff)
+    assert status == 503 and body["code"] == "layer_unreachable"
     # What does not need Redis keeps working on the open sockets.
     assert (await bob.request("ping", 1))["action"] == "pong"
     assert (await alice.request("message", "hi"))["payload"]["text"] == "hi"
@@ -90,7 +93,6 @@ async def test_redis_restart_is_survived_by_open_sockets(fault_cluster):
     wait_for(lambda: health(p1) == 200 and health(p2) == 200, 15, "200 once Redis is back")
     await delivered(alice, bob)
     # Kicks reach the open socket again, across processes.
-    staff = access(p1, database, "operator")
     status, body = p1.post("/api/users/bob/disconnect/", None, staff)
     assert status == 200 and body["connections"] == 1
     assert (await bob.recv())["payload"]["reason"] == "kicked"

@@ -180,6 +180,8 @@ async def test_staff_endpoints_authz(alice, staff, connect, method, path):
     allowed = await call(path, headers=bearer(access_for(staff)))
     assert allowed.status_code == (404 if "nobody" in path else 200)
     assert isinstance(allowed.json(), dict)
+    if "nobody" in path:
+        assert allowed.json()["code"] == "not_found"
 
 
 async def test_a_revoked_staff_token_no_longer_reaches_the_api(staff):

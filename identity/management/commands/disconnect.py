@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from identity import push, withdraw
+from identity.layers import LayerUnavailable
 from identity.management.commands._identity import get_user
 from identity.protocol import Reason
 
@@ -21,6 +22,6 @@ class Command(BaseCommand):
         user = get_user(username)
         try:
             closed = withdraw.disconnect(user.pk, Reason.KICKED)
-        except push.LayerUnreachable as exc:
+        except (push.LayerUnreachable, LayerUnavailable) as exc:
             raise CommandError(f"Nothing closed. {exc}") from exc
         self.stdout.write(f"{username}: {closed} socket(s) closed.")

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from identity import push, withdraw
+from identity.layers import LayerUnavailable
 from identity.management.commands._identity import get_user
 from identity.protocol import Reason
 
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{username}: every token issued so far is refused from now on.")
         try:
             closed = withdraw.disconnect(user.pk, Reason.TOKEN_REVOKED)
-        except push.LayerUnreachable as exc:
+        except (push.LayerUnreachable, LayerUnavailable) as exc:
             raise CommandError(
                 f"The open sockets were NOT closed (they end at their token's expiry). {exc}"
             ) from exc

@@ -97,8 +97,9 @@ const FALLBACK_REASON = {
 
 // `auth` failures a fresh access token can cure; the rest need a new sign-in.
 const REFRESHABLE_AUTH_ERRORS = new Set(["token_expired", "token_revoked"]);
-// A user over their socket limit may get in once another tab closes.
-const TRANSIENT_AUTH_ERRORS = new Set(["connection_limit"]);
+// A user over their socket limit may get in once another tab closes; a server
+// that lost its channel layer (Redis) answers again once it is back.
+const TRANSIENT_AUTH_ERRORS = new Set(["connection_limit", "service_unavailable"]);
 
 // When the token lifetime is shorter than the server's expiry notice, every
 // re-auth is answered by another `expiring`; this floor stops a refresh loop.
