@@ -20,8 +20,12 @@ INTERVAL, EXPIRY = 0.5, 2.0
 
 @pytest.fixture
 def database():
+    # The embedded default on purpose (REDIS_URL empty even when the suite
+    # runs on Redis): these tests are about one process and its in-memory layer.
     return Database.sqlite(
-        IDENTITY_HEARTBEAT_INTERVAL=str(INTERVAL), IDENTITY_HEARTBEAT_EXPIRY=str(EXPIRY)
+        IDENTITY_HEARTBEAT_INTERVAL=str(INTERVAL),
+        IDENTITY_HEARTBEAT_EXPIRY=str(EXPIRY),
+        REDIS_URL="",
     )
 
 
