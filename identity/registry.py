@@ -22,8 +22,8 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models import Count, QuerySet
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from identity import conf
@@ -67,28 +67,50 @@ def live_connections() -> QuerySet[Connection]:
 
 
 def _lock_user(user_id: int) -> None:
-    UserIdentity.objects.get_or_create(user_id=user_id)
-    UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
+    # The row normally exists (identity.signals creates it with the user).
+    if not UserIdentity.objects.select_for_update().filter(user_id=user_id).exists():
+        UserIdentity.objects.get_or_create(user_id=user_id)
+        UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
+
+
+_server_row_exists = False
 
 
 def _ensure_server() -> None:
+    global _server_row_exists
     now = timezone.now()
     ServerProcess.objects.get_or_create(
         id=SERVER_ID, defaults={"started_at": now, "heartbeat_at": now}
     )
+    _server_row_exists = True
 
 
 def register(user_id: int, info: SocketInfo) -> bool:
     """Record an authenticated socket; True if it is the user's first live one."""
-    with transaction.atomic():
+    global _server_row_exists
+    if not _server_row_exists:
         _ensure_server()
+    try:
+        return _register(user_id, info)
+    except IntegrityError:
+        # Our process row vanished (purged as dead after a stall, or a test
+        # flushed the database): put it back and try once more.
+        _server_row_exists = False
+        _ensure_server()
+        return _register(user_id, info)
+
+
+def _register(user_id: int, info: SocketInfo) -> bool:
+    with transaction.atomic():
         _lock_user(user_id)
-        ghosts, _ = (
-            Connection.objects.filter(user_id=user_id)
-            .exclude(server__heartbeat_at__gte=live_cutoff())
-            .delete()
+        counts = Connection.objects.filter(user_id=user_id).aggregate(
+            total=Count("pk"), live=Count("pk", filter=Q(server__heartbeat_at__gte=live_cutoff()))
         )
-        live = live_connections().filter(user_id=user_id).count()
+        live, ghosts = counts["live"], counts["total"] - counts["live"]
+        if ghosts:
+            Connection.objects.filter(user_id=user_id).exclude(
+                server__heartbeat_at__gte=live_cutoff()
+            ).delete()
         limit = conf.max_connections_per_user()
         if limit and live >= limit:
             raise ConnectionLimit(

@@ -10,6 +10,7 @@ from django.db.models.signals import post_delete, post_save, pre_delete, pre_sav
 from django.dispatch import receiver
 
 from identity import push, registry, withdraw
+from identity.models import UserIdentity
 from identity.protocol import Reason
 
 User = get_user_model()
@@ -34,7 +35,11 @@ def withdraw_on_change(sender: Any, instance: Any, created: bool, **_: Any) -> N
     """Deactivation closes with `user_inactive`; a new password revokes tokens."""
     before = getattr(instance, "_identity_before", None)
     instance._identity_before = None
-    if created or before is None:
+    if created:
+        # The per-user lock row, so the first `auth` need not create it.
+        UserIdentity.objects.get_or_create(user_id=instance.pk)
+        return
+    if before is None:
         return
     was_active, old_password = before
     if was_active and not instance.is_active:
