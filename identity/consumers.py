@@ -8,14 +8,14 @@ the per-socket state: user, expiry, timers, attempt and rate counters.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+import orjson
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -25,7 +25,6 @@ from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavaila
 from identity.layers import LayerUnavailable
 from identity.protocol import (
     ANONYMOUS_ACTIONS,
-    CLIENT_ACTIONS,
     CLOSE_CODE_FOR_REASON,
     Action,
     CloseCode,
@@ -56,7 +55,7 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst
         self.tokens, self.stamp = burst, time.monotonic()
-        self.refusals: deque[float] = deque()
+        self.refusals: deque[float] | None = None  # most sockets never need one
 
     def take(self) -> bool:
         """Take one token; False if the bucket is empty."""
@@ -66,18 +65,32 @@ class TokenBucket:
         if self.tokens >= 1:
             self.tokens -= 1
             return True
+        if self.refusals is None:
+            self.refusals = deque()
         self.refusals.append(now)
-        while self.refusals and self.refusals[0] < now - RATE_WINDOW:
+        while self.refusals[0] < now - RATE_WINDOW:
             self.refusals.popleft()
         return False
 
     def flooding(self) -> bool:
         """True once refusals in the window exceed the burst."""
-        return len(self.refusals) > self.burst
+        return self.refusals is not None and len(self.refusals) > self.burst
 
 
 class IdentityConsumer(AsyncJsonWebsocketConsumer):
     """Authenticates a socket with a SimpleJWT access token and serves the protocol."""
+
+    # Action -> handler method name; looked up per frame instead of holding
+    # seven bound methods on every socket.
+    HANDLERS: ClassVar[dict[str, str]] = {
+        Action.AUTH: "on_auth",
+        Action.WHOAMI: "on_whoami",
+        Action.LOGOUT: "on_logout",
+        Action.PING: "on_ping",
+        Action.MESSAGE: "on_message",
+        Action.SEND: "on_send",
+        Action.PRESENCE: "on_presence",
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -91,17 +104,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         # Either set to 0 turns the limit off (a zero burst would refuse everything).
         self.bucket = TokenBucket(rate, burst) if rate > 0 and burst > 0 else None
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.tasks: set[asyncio.Future[None]] = set()
+        self.tasks: set[asyncio.Future[None]] | None = None  # created on first timer
         self.lock = asyncio.Lock()
-        self.handlers: dict[str, Callable[[Envelope], Awaitable[None]]] = {
-            Action.AUTH: self.on_auth,
-            Action.WHOAMI: self.on_whoami,
-            Action.LOGOUT: self.on_logout,
-            Action.PING: self.on_ping,
-            Action.MESSAGE: self.on_message,
-            Action.SEND: self.on_send,
-            Action.PRESENCE: self.on_presence,
-        }
 
     # --- transport ------------------------------------------------------------
 
@@ -149,11 +153,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
-        return json.loads(text_data)
+        return orjson.loads(text_data)
 
     @classmethod
     async def encode_json(cls, content: Any) -> str:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        return orjson.dumps(content).decode()
 
     async def refuse_or_run(self, run: Callable[[], Awaitable[None]]) -> None:
         """Apply the per-socket rate limit, then run the frame's work."""
@@ -171,7 +175,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """Decode, validate and dispatch one client frame."""
         try:
             content = await self.decode_json(text)
-        except (ValueError, RecursionError):
+        except orjson.JSONDecodeError:  # also: nested past 1,024 levels, ints past 64 bits
             await self.send_json(error_frame(ErrorCode.INVALID_JSON))
             return
         try:
@@ -182,7 +186,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         await self.run_action(envelope)
 
     async def run_action(self, envelope: Envelope) -> None:
-        handler = self.handlers.get(envelope.action) if envelope.action in CLIENT_ACTIONS else None
+        name = self.HANDLERS.get(envelope.action)
+        handler = getattr(self, name) if name is not None else None
         try:
             if handler is None:
                 raise EnvelopeError(ErrorCode.UNKNOWN_ACTION, f"No action {envelope.action!r}.")
@@ -194,8 +199,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await handler(envelope)
         except EnvelopeError as exc:
             await self.send_json(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
-        except RecursionError:
-            # Decodable but nested too deeply to encode again (e.g. a ping echo).
+        except orjson.JSONEncodeError:
+            # Decodable but nested too deeply to encode again (a ping echo past
+            # orjson's 255 levels).
             message = "The payload is nested too deeply."
             code = ErrorCode.INVALID_PAYLOAD
             await self.send_json(error_frame(code, message, envelope.action, envelope.ref))
@@ -358,6 +364,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.timers.pop(name, None)
         # Keep a reference: the loop holds tasks only weakly.
         task = asyncio.ensure_future(self.run_timer(callback))
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

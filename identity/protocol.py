@@ -86,17 +86,6 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
 
 # Actions a socket may use before it has an identity.
 ANONYMOUS_ACTIONS = frozenset({Action.AUTH, Action.WHOAMI, Action.LOGOUT, Action.PING})
-CLIENT_ACTIONS = frozenset(
-    {
-        Action.AUTH,
-        Action.WHOAMI,
-        Action.LOGOUT,
-        Action.PING,
-        Action.MESSAGE,
-        Action.SEND,
-        Action.PRESENCE,
-    }
-)
 
 ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.INVALID_JSON: "The frame is not valid JSON.",
