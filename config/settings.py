@@ -117,17 +117,25 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        # Async consumers reach the database from a thread pool: persistent
-        # connections there would pile up one per worker thread and never close.
-        conn_max_age=0,
+        # Consumers reach the ORM through database_sync_to_async, which runs
+        # every call on one thread per process (thread-sensitive): a persistent
+        # connection there is one per process, not one per socket, and saves a
+        # connect per `auth`. Health checks replace connections that died.
+        conn_max_age=int(env_number("DATABASE_CONN_MAX_AGE", 60)),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (and processes) write the registry: take the write lock
     # when a transaction starts and wait for it, instead of failing with
-    # "database is locked" when a reader tries to upgrade.
+    # "database is locked" when a reader tries to upgrade. WAL with
+    # synchronous=NORMAL makes a commit an append, not an fsync.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
 
 REDIS_URL = env_str("REDIS_URL")

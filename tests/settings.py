@@ -19,3 +19,6 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Persistent connections would outlive each test in the ORM's worker thread and
+# keep pytest-django from dropping the PostgreSQL test database.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
