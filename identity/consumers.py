@@ -348,7 +348,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         except LayerUnavailable:
             # Pushes to a channel nobody reads are dropped; nothing else to undo.
             logger.warning("channel layer unavailable: %s left its groups late", self.channel_name)
-        await sessions.close_session(self.channel_name)
+        await sessions.close_session(self.channel_name, user.pk, user.get_username())
 
     # --- timers ---------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
@@ -66,9 +66,13 @@ def live_connections() -> QuerySet[Connection]:
     return Connection.objects.filter(server__heartbeat_at__gte=live_cutoff())
 
 
-def _lock_user(user_id: int) -> None:
-    # The row normally exists (identity.signals creates it with the user).
-    if not UserIdentity.objects.select_for_update().filter(user_id=user_id).exists():
+def _lock_user(user_id: int, create: bool = True) -> None:
+    if not connection.features.has_select_for_update:
+        return  # SQLite: BEGIN IMMEDIATE already serialises every writer
+    # The row normally exists (identity.signals creates it with the user); it
+    # is missing for a deleted user, whom `create=False` does not bring back.
+    locked = UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
+    if not locked and create:
         UserIdentity.objects.get_or_create(user_id=user_id)
         UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
 
@@ -130,23 +134,16 @@ def _register(user_id: int, info: SocketInfo) -> bool:
         return live == 0 and not ghosts
 
 
-def unregister(channel_name: str) -> tuple[int, str, bool] | None:
-    """Forget a socket: (user id, username, True if it was the user's last live one).
+def unregister(channel_name: str, user_id: int) -> bool:
+    """Forget a user's socket; True if it was their last live one.
 
-    None if the socket is not registered (never was, or its user was deleted).
+    False too when the socket was not registered (never was, or its user was
+    deleted and the row went with them).
     """
     with transaction.atomic():
-        row = (
-            Connection.objects.filter(channel_name=channel_name)
-            .values_list("user_id", "user__username")
-            .first()
-        )
-        if row is None:
-            return None
-        user_id, username = row
-        _lock_user(user_id)
-        Connection.objects.filter(channel_name=channel_name).delete()
-        return user_id, username, not live_connections().filter(user_id=user_id).exists()
+        _lock_user(user_id, create=False)
+        deleted, _ = Connection.objects.filter(channel_name=channel_name).delete()
+        return bool(deleted) and not live_connections().filter(user_id=user_id).exists()
 
 
 def online_users() -> list[OnlineUser]:

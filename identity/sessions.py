@@ -37,7 +37,7 @@ async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens
     try:
         await channel_layer().group_add(push.user_group(user.pk), info.channel_name)
     except LayerUnavailable as exc:
-        await database_sync_to_async(registry.unregister)(info.channel_name)
+        await database_sync_to_async(registry.unregister)(info.channel_name, user.pk)
         raise ServiceUnavailable() from exc
     if first:
         await best_effort(push.push_presence("online", user.pk, user.get_username()))
@@ -56,17 +56,14 @@ check_token = database_sync_to_async(tokens.authenticate)
 check_token.__doc__ = "Verify a token and resolve its user (re-auth of a known socket)."
 
 
-async def close_session(channel_name: str) -> None:
+async def close_session(channel_name: str, user_id: int, username: str) -> None:
     """Forget an authenticated socket; push `offline` if it was the user's last."""
     try:
-        outcome = await database_sync_to_async(registry.unregister)(channel_name)
+        last = await database_sync_to_async(registry.unregister)(channel_name, user_id)
     except Exception:
         # The socket is going anyway; the heartbeat expiry cleans up after us.
         logger.exception("could not remove %s from the registry", channel_name)
         return
-    if outcome is None:
-        return
-    user_id, username, last = outcome
     if last:
         await best_effort(push.push_presence("offline", user_id, username))
 
