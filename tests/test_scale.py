@@ -215,3 +215,49 @@ async def test_sigkill_of_one_process_and_reidentification_on_the_other(cluster)
         await asyncio.sleep(0.1)  # no event exists for "a heartbeat went stale"
     await again.close()
     p2.start()
+
+
+class AdminSession:
+    """A staff browser session over plain HTTP: login form, CSRF cookie, posts."""
+
+    def __init__(self, server: LiveServer, username: str, password: str) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.server = server
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.opener.open(server.http + "/admin/login/", timeout=10).read()
+        response = self.post(
+            "/admin/login/", {"username": username, "password": password, "next": "/admin/"}
+        )
+        assert "/admin/login/" not in response.geturl(), "admin login failed"
+
+    def csrf(self) -> str:
+        return next(c.value for c in self.jar if c.name == "csrftoken")
+
+    def post(self, path: str, fields: dict):
+        import urllib.parse
+        import urllib.request
+
+        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": self.csrf()}, doseq=True)
+        request = urllib.request.Request(self.server.http + path, data=data.encode())
+        request.add_header("Referer", self.server.http + path)
+        return self.opener.open(request, timeout=10)
+
+
+async def test_an_admin_action_on_process_1_closes_sockets_on_process_2(cluster):
+    database, (p1, p2) = cluster
+    carol = await signed_in(p2, database, "carol")
+    admin = AdminSession(p1, "operator", database.passwords["operator"])
+    carol_id = (await carol.request("whoami"))["payload"]["user"]["id"]
+    started = time.monotonic()
+    page = (
+        admin.post(
+            "/admin/auth/user/", {"action": "disconnect_users", "_selected_action": [carol_id]}
+        )
+        .read()
+        .decode()
+    )
+    assert "1 socket(s) closed for 1 user(s)." in page
+    await assert_withdrawn_within(carol, "kicked", started)
