@@ -154,7 +154,14 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "identity.layers.InMemoryChannelLayer",
+            # A socket stays in its groups as long as it lives (Channels' default
+            # drops members after a day).
+            "CONFIG": {"group_expiry": 10 * 365 * 86400},
+        }
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
