@@ -38,6 +38,13 @@ serve: $(STAMP)
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
+# Benchmarks: bench/run.py starts each server itself and prints a table
+# (median of runs, min-max); JSON in bench/results/latest.json.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/layers.py
+
 LINT_PATHS := manage.py config identity tests $(wildcard bench)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -60,6 +60,8 @@ class Command(BaseCommand):
             "--proxy-headers",
             "--forwarded-allow-ips", options["forwarded_allow_ips"],
             "--no-access-log",
+            # uvicorn logs every WebSocket open at INFO: a log line per connect.
+            "--log-level", "warning",
         ]  # fmt: skip
         self.stdout.write(
             f"Serving on http://{options['host']}:{options['port']}/ with "
