@@ -43,6 +43,7 @@ serve: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/churn.py
 	$(PY) bench/layers.py
 
 LINT_PATHS := manage.py config identity tests $(wildcard bench)
