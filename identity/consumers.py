@@ -19,6 +19,7 @@ import orjson
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import DatabaseError
 
 from identity import conf, heartbeat, push, registry, sessions
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
@@ -215,8 +216,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             message = "The payload is nested too deeply."
             code = ErrorCode.INVALID_PAYLOAD
             await self.send_json(error_frame(code, message, envelope.action, envelope.ref))
-        except LayerUnavailable:
-            logger.warning("channel layer unavailable during %r", envelope.action)
+        except (LayerUnavailable, DatabaseError):
+            logger.warning("service unavailable during %r", envelope.action, exc_info=True)
             code = ErrorCode.SERVICE_UNAVAILABLE
             await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
 
@@ -249,6 +250,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             except ServiceUnavailable as exc:
                 # The server's fault, not the client's: no attempt is counted.
                 await self.reply(envelope, auth_failure(exc.code, exc.message))
+                return
+            except DatabaseError:
+                logger.warning("database unavailable during auth", exc_info=True)
+                failure = ServiceUnavailable("The server cannot reach its database; try again.")
+                await self.reply(envelope, auth_failure(failure.code, failure.message))
                 return
             except IdentityError as exc:
                 await self.reply(envelope, auth_failure(exc.code, exc.message))
