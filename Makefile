@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-services lint serve bench browser clean
+.PHONY: run test test-services lint serve bench bench-quick browser clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/churn.py
 	$(PY) bench/layers.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick
 
 LINT_PATHS := manage.py config identity tests $(wildcard bench)
 lint: $(STAMP)
