@@ -20,6 +20,7 @@ Usage: `python bench/run.py [--quick] [--runs 3] [--server bare-uvicorn,...]
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -49,6 +50,7 @@ VENV_BIN = Path(sys.executable).parent
 RESULTS = BENCH / "results" / "latest.json"
 HOST = "127.0.0.1"
 BENCH_DB = Path("/tmp/identity-bench.sqlite3")
+LOCK = Path("/tmp/identity-bench.lock")  # one run at a time: they share BENCH_DB and the cores
 TOKEN_LIFETIME = 86_400  # seconds: no token may expire (and push) mid-run
 USER_COUNT = 1_101  # presence: 1,000 online + 1 churn user
 START_TIMEOUT = 60.0  # seconds for a server to listen
@@ -619,9 +621,33 @@ def changed_note(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """Hold the bench lock; refuse to start while another run holds it."""
+    with LOCK.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise SystemExit(
+                f"another benchmark run holds {LOCK} (pid {fh.read().strip() or '?'}): "
+                "two runs share the database and the cores, so wait for it to finish"
+            ) from None
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the suite, print the table, write the JSON."""
+    """Run the suite under the bench lock."""
     args = parse_args(argv)
+    with exclusive():
+        return run_suite(args)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """Run the suite, print the table, write the JSON."""
     profile = QUICK if args.quick else FULL
     if args.duration:
         profile = Profile(args.duration, profile.warmup, profile.idle_sizes,
