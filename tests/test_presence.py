@@ -200,3 +200,19 @@ async def test_presence_scales_with_subscribers_not_with_sockets(connect, transa
     assert (await watcher.receive())["payload"]["user"]["username"] == "newcomer"
     for other in sockets[1:]:
         await other.assert_silent()
+
+
+async def test_the_server_side_api_reaches_every_socket_of_a_user_from_sync_code(
+    alice, bob, connect
+):
+    from identity import push
+
+    a1, a2 = await connect(access_for(alice)), await connect(access_for(alice))
+    other = await connect(access_for(bob))
+    note = {"from": {"id": 0, "username": "system"}, "text": "maintenance at noon"}
+    await adb(push.send_to_user_sync)(alice.pk, "direct", note)
+    for client in (a1, a2):
+        assert await client.receive() == {"action": "direct", "payload": note}
+    await other.assert_silent()
+    listed = await adb(push.online_users_sync)()
+    assert [(u.username, u.connections) for u in listed] == [("alice", 2), ("bob", 1)]
