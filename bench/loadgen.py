@@ -385,6 +385,14 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+async def measure_window(args: argparse.Namespace, window: list[Window]) -> None:
+    """After the warm-up, open the measuring window, and close it `duration` later."""
+    await asyncio.sleep(args.warmup)
+    window.append(Window(args.server_pid))
+    await asyncio.sleep(args.duration)
+    window[0].stop()
+
+
 async def run_until(
     deadline: float, workers: list[Callable[[], Awaitable[None]]], grace: float = 10.0
 ) -> None:
@@ -428,14 +436,8 @@ async def scenario_sessions(ctx: Ctx) -> dict[str, Any]:
             if window_start <= t0 and t1 <= deadline:
                 latencies.append(t1 - t0)
 
-    async def open_window() -> None:
-        await asyncio.sleep(args.warmup)
-        window.append(Window(args.server_pid))
-        await asyncio.sleep(args.duration)
-        window[0].stop()
-
     workers = [lambda i=i: worker(i) for i in range(args.concurrency)]
-    await run_until(deadline, [*workers, open_window])
+    await run_until(deadline, [*workers, lambda: measure_window(args, window)])
     w = window[0]
     return {
         "metrics": {
@@ -479,14 +481,8 @@ async def scenario_echo(ctx: Ctx) -> dict[str, Any]:
             if window_start <= t0 and t1 <= deadline:
                 rtts.append(t1 - t0)
 
-    async def open_window() -> None:
-        await asyncio.sleep(args.warmup)
-        window.append(Window(args.server_pid))
-        await asyncio.sleep(args.duration)
-        window[0].stop()
-
     workers = [lambda ws=ws, c=c: worker(ws, c) for c, ws in opened]
-    await run_until(deadline, [*workers, open_window])
+    await run_until(deadline, [*workers, lambda: measure_window(args, window)])
     await close_many(sockets)
     w = window[0]
     return {
