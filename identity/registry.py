@@ -22,11 +22,11 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db import IntegrityError, transaction
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from identity import conf
+from identity import conf, sql
 from identity.exceptions import ConnectionLimit
 from identity.models import Connection, ServerProcess, UserIdentity
 
@@ -67,14 +67,11 @@ def live_connections() -> QuerySet[Connection]:
 
 
 def _lock_user(user_id: int, create: bool = True) -> None:
-    if not connection.features.has_select_for_update:
-        return  # SQLite: BEGIN IMMEDIATE already serialises every writer
     # The row normally exists (identity.signals creates it with the user); it
     # is missing for a deleted user, whom `create=False` does not bring back.
-    locked = UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
-    if not locked and create:
+    if not sql.lock_user(user_id) and create:
         UserIdentity.objects.get_or_create(user_id=user_id)
-        UserIdentity.objects.select_for_update().filter(user_id=user_id).exists()
+        sql.lock_user(user_id)
 
 
 _server_row_exists = False
@@ -107,28 +104,28 @@ def register(user_id: int, info: SocketInfo) -> bool:
 def _register(user_id: int, info: SocketInfo) -> bool:
     with transaction.atomic():
         _lock_user(user_id)
-        counts = Connection.objects.filter(user_id=user_id).aggregate(
-            total=Count("pk"), live=Count("pk", filter=Q(server__heartbeat_at__gte=live_cutoff()))
-        )
-        live, ghosts = counts["live"], counts["total"] - counts["live"]
+        cutoff = live_cutoff()
+        total, live = sql.count_connections(user_id, cutoff)
+        ghosts = total - live
         if ghosts:
             Connection.objects.filter(user_id=user_id).exclude(
-                server__heartbeat_at__gte=live_cutoff()
+                server__heartbeat_at__gte=cutoff
             ).delete()
         limit = conf.max_connections_per_user()
         if limit and live >= limit:
             raise ConnectionLimit(
                 f"This user already has {live} open connection(s), the limit; close one first."
             )
-        now = timezone.now()
-        Connection.objects.create(
-            channel_name=info.channel_name,
-            user_id=user_id,
-            server_id=SERVER_ID,
-            opened_at=info.opened_at,
-            authenticated_at=now,
-            remote_addr=info.remote_addr[:64],
-            user_agent=info.user_agent[:300],
+        sql.insert_connection(
+            {
+                "channel_name": info.channel_name,
+                "user": user_id,
+                "server": SERVER_ID,
+                "opened_at": info.opened_at,
+                "authenticated_at": timezone.now(),
+                "remote_addr": info.remote_addr[:64],
+                "user_agent": info.user_agent[:300],
+            }
         )
         # Ghosts were still "online" to subscribers, who never saw them go.
         return live == 0 and not ghosts
@@ -142,8 +139,8 @@ def unregister(channel_name: str, user_id: int) -> bool:
     """
     with transaction.atomic():
         _lock_user(user_id, create=False)
-        deleted, _ = Connection.objects.filter(channel_name=channel_name).delete()
-        return bool(deleted) and not live_connections().filter(user_id=user_id).exists()
+        deleted = sql.delete_connection(channel_name)
+        return deleted and not sql.has_live_connection(user_id, live_cutoff())
 
 
 def online_users() -> list[OnlineUser]:

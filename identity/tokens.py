@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import OuterRef, Subquery
 from rest_framework_simplejwt.exceptions import ExpiredTokenError, TokenError
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import AccessToken, Token, UntypedToken
 
+from identity import sql
 from identity.exceptions import (
     TokenExpired,
     TokenInvalid,
@@ -25,7 +24,6 @@ from identity.exceptions import (
     UserInactive,
     UserNotFound,
 )
-from identity.models import UserIdentity
 
 # Raw strings longer than this are not tokens; refuse before decoding.
 MAX_TOKEN_LENGTH = 4096
@@ -82,16 +80,13 @@ def get_user(token: VerifiedToken) -> AbstractBaseUser:
 
 def load_user(user_id: Any) -> AbstractBaseUser:
     """The token's user with its revocation time annotated; UserNotFound if gone."""
-    user_model = get_user_model()
-    revoked_at = UserIdentity.objects.filter(user=OuterRef("pk")).values("tokens_revoked_at")
     try:
-        return (
-            user_model.objects.only("pk", user_model.USERNAME_FIELD, "is_active")
-            .annotate(tokens_revoked_at=Subquery(revoked_at))
-            .get(**{api_settings.USER_ID_FIELD: user_id})
-        )
-    except (user_model.DoesNotExist, ValueError, TypeError) as exc:
+        user = sql.fetch_user(user_id)
+    except (ValueError, TypeError) as exc:
         raise UserNotFound("The token's user no longer exists.") from exc
+    if user is None:
+        raise UserNotFound("The token's user no longer exists.")
+    return user
 
 
 def check_user(user: Any, issued_at: int) -> None:
