@@ -127,6 +127,25 @@ async def test_auth_of_a_deleted_user_is_user_not_found(alice, connect):
     assert (await client.auth(token))["error"]["code"] == "user_not_found"
 
 
+@pytest.mark.parametrize(
+    "user_id",
+    ["not-a-number", "99999999999999999999999", "-99999999999999999999999", 2**63, ["1"], 1.5e300],
+    ids=["text", "past-64-bits", "below-64-bits", "2**63", "list", "huge-float"],
+)
+async def test_auth_with_a_user_id_no_row_can_have_is_user_not_found(alice, connect, user_id):
+    client = await connect()
+    reply = await client.auth(forged(claims_for(alice, user_id=user_id)))
+    assert reply["registered"] is False
+    assert reply["error"]["code"] == "user_not_found"
+    assert (await client.request("ping", "still-open"))["payload"] == "still-open"
+
+
+async def test_auth_with_the_user_id_as_a_number_finds_the_user(alice, connect):
+    client = await connect()
+    reply = await client.auth(forged(claims_for(alice, user_id=alice.pk)))
+    assert reply["user"] == {"id": alice.pk, "username": "alice"}
+
+
 async def test_auth_of_another_user_on_an_authenticated_socket_is_identity_mismatch(
     alice, bob, connect
 ):
