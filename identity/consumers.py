@@ -17,13 +17,14 @@ from typing import Any, ClassVar
 
 import orjson
 from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
 from identity import conf, heartbeat, push, registry, sessions
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
-from identity.layers import LayerUnavailable
+from identity.layers import LayerUnavailable, attach
 from identity.protocol import (
     ANONYMOUS_ACTIONS,
     CLOSE_CODE_FOR_REASON,
@@ -46,6 +47,7 @@ from identity.protocol import (
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW = 10.0  # seconds over which refused frames are counted
+EVENT_BACKLOG = 100  # channel-layer events waiting on one socket before more are dropped
 
 
 class TokenBucket:
@@ -93,6 +95,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         Action.PRESENCE: "on_presence",
     }
 
+    # The consumer leaves its groups itself (forget_identity); no list per socket.
+    groups: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user: Any = None
@@ -104,21 +109,40 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         rate, burst = conf.rate_limit(), conf.rate_burst()
         # Either set to 0 turns the limit off (a zero burst would refuse everything).
         self.bucket = TokenBucket(rate, burst) if rate > 0 and burst > 0 else None
-        self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.tasks: set[asyncio.Future[None]] | None = None  # created on first timer
+        # One timer at a time: `auth` timeout while anonymous, then `expiring`,
+        # then `expired` (each arms the next).
+        self.timer: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Future[None]] | None = None  # created on first event or timer
+        # Held while anything runs on this socket: a client frame, a channel-layer
+        # event or a timer see the socket one at a time, as Channels' own loop would.
         self.lock = asyncio.Lock()
 
     # --- transport ------------------------------------------------------------
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Channels' AsyncConsumer.__call__, minus a task blocked on the channel
+        # layer and an asyncio.wait per frame: layer events come in through
+        # `deliver` (identity.layers.attach) and client frames through this loop.
+        self.scope, self.base_send = scope, send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
         try:
-            await super().__call__(scope, receive, send)
+            self.channel_name = await self.channel_layer.new_channel()
         except LayerUnavailable:
-            # Only `new_channel` can get here (handlers catch the rest): the
-            # socket never opened, so refuse the handshake instead of a 500.
+            # The socket never opened: refuse the handshake instead of a 500.
             logger.warning("channel layer unavailable: handshake refused")
             await receive()
             await send({"type": "websocket.close"})
+            return
+        detach = attach(self.channel_layer, self.channel_name, self.deliver)
+        try:
+            while True:
+                message = await receive()
+                async with self.lock:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            await detach()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections through a thread hop before every
@@ -135,7 +159,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         await self.accept()
         heartbeat.ensure_running()
-        self.start_timer("auth", conf.auth_timeout(), self.on_auth_timeout)
+        self.start_timer(conf.auth_timeout(), self.on_auth_timeout)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.closing:
@@ -158,7 +182,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closing = True
-        self.cancel_timers()
+        self.cancel_timer()
         await self.forget_identity()
         raise StopConsumer()
 
@@ -229,7 +253,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        self.cancel_timers()
+        self.cancel_timer()
         if reason is not None:
             await self.send_json(disconnect_push(reason))
             code = CLOSE_CODE_FOR_REASON[reason]
@@ -242,29 +266,26 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     # --- actions --------------------------------------------------------------
 
     async def on_auth(self, envelope: Envelope) -> None:
-        async with self.lock:
-            if self.closing:
-                return
-            try:
-                user, expires_at = await self.verify(envelope.payload)
-            except ServiceUnavailable as exc:
-                # The server's fault, not the client's: no attempt is counted.
-                await self.reply(envelope, auth_failure(exc.code, exc.message))
-                return
-            except DatabaseError:
-                logger.warning("database unavailable during auth", exc_info=True)
-                failure = ServiceUnavailable("The server cannot reach its database; try again.")
-                await self.reply(envelope, auth_failure(failure.code, failure.message))
-                return
-            except IdentityError as exc:
-                await self.reply(envelope, auth_failure(exc.code, exc.message))
-                await self.count_failed_auth()
-                return
-            self.failed_auths = 0
-            self.set_identity(user, expires_at)
-            await self.reply(envelope, self.auth_success())
-            if 0 < expires_at - time.time() <= conf.expiry_notice():
-                await self.push_expiring()
+        try:
+            user, expires_at = await self.verify(envelope.payload)
+        except ServiceUnavailable as exc:
+            # The server's fault, not the client's: no attempt is counted.
+            await self.reply(envelope, auth_failure(exc.code, exc.message))
+            return
+        except DatabaseError:
+            logger.warning("database unavailable during auth", exc_info=True)
+            failure = ServiceUnavailable("The server cannot reach its database; try again.")
+            await self.reply(envelope, auth_failure(failure.code, failure.message))
+            return
+        except IdentityError as exc:
+            await self.reply(envelope, auth_failure(exc.code, exc.message))
+            await self.count_failed_auth()
+            return
+        self.failed_auths = 0
+        self.set_identity(user, expires_at)
+        await self.reply(envelope, self.auth_success())
+        if 0 < expires_at - time.time() <= conf.expiry_notice():
+            await self.push_expiring()
 
     async def verify(self, raw: Any) -> tuple[Any, int]:
         """Resolve the token's user; register the socket if it was anonymous."""
@@ -289,9 +310,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         await self.reply(envelope, {"user": user, "expires_at": self.expires_at})
 
     async def on_logout(self, envelope: Envelope) -> None:
-        async with self.lock:
-            if self.user is not None:
-                await self.drop_identity()
+        if self.user is not None:
+            await self.drop_identity()
         await self.reply(envelope, {"registered": False})
 
     async def on_ping(self, envelope: Envelope) -> None:
@@ -337,18 +357,18 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     def set_identity(self, user: Any, expires_at: int) -> None:
         self.user, self.expires_at = user, expires_at
         self.scope["user"] = user
-        self.cancel_timer("auth")
-        remaining = expires_at - time.time()
-        if conf.expiry_notice() > 0:  # 0 turns the `expiring` hint off
-            self.start_timer("expiring", remaining - conf.expiry_notice(), self.on_expiring)
-        self.start_timer("expired", remaining, self.on_expired)
+        remaining, notice = expires_at - time.time(), conf.expiry_notice()
+        if 0 < notice < remaining:  # a notice of 0 turns the `expiring` hint off
+            self.start_timer(remaining - notice, self.on_expiring)
+        else:
+            self.start_timer(remaining, self.on_expired)
 
     async def drop_identity(self) -> None:
         """Back to anonymous: leave the user's groups, the registry, and rearm the timeout."""
-        self.cancel_timers()
+        self.cancel_timer()
         await self.forget_identity()
         if not self.closing:
-            self.start_timer("auth", conf.auth_timeout(), self.on_auth_timeout)
+            self.start_timer(conf.auth_timeout(), self.on_auth_timeout)
 
     async def forget_identity(self) -> None:
         user, subscribed = self.user, self.subscribed
@@ -366,24 +386,18 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer unavailable: %s left its groups late", self.channel_name)
         await sessions.close_session(self.channel_name, user.pk, user.get_username())
 
-    # --- timers ---------------------------------------------------------------
+    # --- timers and channel-layer events ----------------------------------------
 
-    def start_timer(self, name: str, delay: float, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run `callback` after `delay` seconds, replacing the timer of that name."""
-        self.cancel_timer(name)
+    def start_timer(self, delay: float, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after `delay` seconds, replacing the socket's timer."""
+        self.cancel_timer()
         if delay <= 0:
             return
-        loop = asyncio.get_running_loop()
-        self.timers[name] = loop.call_later(delay, self.fire_timer, name, callback)
+        self.timer = asyncio.get_running_loop().call_later(delay, self.fire_timer, callback)
 
-    def fire_timer(self, name: str, callback: Callable[[], Awaitable[None]]) -> None:
-        self.timers.pop(name, None)
-        # Keep a reference: the loop holds tasks only weakly.
-        task = asyncio.ensure_future(self.run_timer(callback))
-        if self.tasks is None:
-            self.tasks = set()
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def fire_timer(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self.timer = None
+        self.spawn(self.run_timer(callback))
 
     async def run_timer(self, callback: Callable[[], Awaitable[None]]) -> None:
         async with self.lock:
@@ -394,23 +408,40 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 logger.exception("identity timer failed")
 
-    def cancel_timer(self, name: str) -> None:
-        handle = self.timers.pop(name, None)
-        if handle is not None:
-            handle.cancel()
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
-    def cancel_timers(self) -> None:
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Take a channel-layer event; it is handled after whatever the socket is doing."""
+        if self.tasks is not None and len(self.tasks) >= EVENT_BACKLOG:
+            raise ChannelFull(self.channel_name)
+        self.spawn(self.handle_event(message))
+
+    async def handle_event(self, message: dict[str, Any]) -> None:
+        async with self.lock:
+            try:
+                await self.dispatch(message)
+            except Exception:
+                logger.exception("identity event %r failed", message.get("type"))
+
+    def spawn(self, coroutine: Awaitable[None]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.ensure_future(coroutine)
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def on_auth_timeout(self) -> None:
         if self.user is None:
             await self.close_socket(Reason.AUTH_TIMEOUT)
 
     async def on_expiring(self) -> None:
-        if self.user is not None:
+        if self.user is not None and self.expires_at is not None:
             await self.push_expiring()
+            self.start_timer(self.expires_at - time.time(), self.on_expired)
 
     async def push_expiring(self) -> None:
         await self.send_json(

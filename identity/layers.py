@@ -1,9 +1,18 @@
-"""Channel layers: the in-memory default made O(1) per receive, and Redis with bounds.
+"""Channel layers: the in-memory default made cheap per socket, and Redis with bounds.
+
+Every socket has a channel, but a channel is idle nearly all its life. Channels'
+consumer keeps a task blocked in `layer.receive()` on each one, with a queue
+behind it, and wakes through `asyncio.wait` for every message: about 8 KiB per
+idle socket (docs/performance.md). `attach()` instead hands each message for a
+channel to a callback (the consumer's `deliver`), so an idle channel costs a
+dict entry. The in-memory layer does that itself; for any other layer
+`attach()` falls back to one task that pulls from `receive()`.
 
 The in-memory layer (no REDIS_URL): Channels' own sweeps every channel and
 group member for expired entries on *every* `receive`, so opening N sockets
 costs O(N^2) (the benchmark's 10,000 idle sockets opened at ~70/s with the
-server at 100% CPU). Here the sweep runs at most once per CLEAN_INTERVAL.
+server at 100% CPU). Here the sweep runs at most once per CLEAN_INTERVAL, and
+`group_send` hands each member its copy in one loop instead of a task each.
 
 The Redis layer:
 channels-redis's RedisPubSubChannelLayer keeps group membership in the
@@ -18,9 +27,15 @@ consumer answers with `service_unavailable`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from copy import deepcopy
 from typing import Any
 
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
 from channels.layers import InMemoryChannelLayer as _InMemoryLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer as _PubSubLayer
 from channels_redis.pubsub import _async_proxy
@@ -30,7 +45,41 @@ LAYER_TIMEOUT = 2.0  # seconds
 
 CLEAN_INTERVAL = 1.0  # seconds between expiry sweeps of the in-memory layer
 
-__all__ = ["InMemoryChannelLayer", "LayerUnavailable", "RedisPubSubChannelLayer"]
+__all__ = ["InMemoryChannelLayer", "LayerUnavailable", "RedisPubSubChannelLayer", "attach"]
+
+logger = logging.getLogger(__name__)
+
+# Takes one message for a channel; raises ChannelFull if its owner is backed up.
+Deliver = Callable[[dict[str, Any]], None]
+Detach = Callable[[], Awaitable[None]]
+
+
+def attach(layer: BaseChannelLayer, channel: str, deliver: Deliver) -> Detach:
+    """Send every message for CHANNEL to DELIVER from now on; returns the undo.
+
+    A layer with its own `attach` (the in-memory one) calls DELIVER as each
+    message is sent; for any other, one task per channel pulls from `receive`.
+    """
+    if isinstance(layer, InMemoryChannelLayer):
+        layer.attach(channel, deliver)
+        return lambda: layer.detach(channel)
+    task = asyncio.ensure_future(_pull(layer, channel, deliver))
+
+    async def detach() -> None:
+        task.cancel()  # channels-redis unsubscribes the channel on cancel
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return detach
+
+
+async def _pull(layer: BaseChannelLayer, channel: str, deliver: Deliver) -> None:
+    while True:
+        message = await layer.receive(channel)
+        try:
+            deliver(message)
+        except ChannelFull:
+            logger.warning("%s is backed up: a %r event was dropped", channel, message.get("type"))
 
 
 class InMemoryChannelLayer(_InMemoryLayer):
@@ -39,6 +88,50 @@ class InMemoryChannelLayer(_InMemoryLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_clean = 0.0
+        self.inboxes: dict[str, Deliver] = {}
+
+    def attach(self, channel: str, deliver: Deliver) -> None:
+        """Hand CHANNEL's messages to DELIVER as they are sent (those queued first)."""
+        self.require_valid_channel_name(channel)
+        self.inboxes[channel] = deliver
+        queue = self.channels.pop(channel, None)
+        while queue is not None and not queue.empty():
+            expires, message = queue.get_nowait()
+            if expires >= time.time():
+                deliver(message)
+
+    async def detach(self, channel: str) -> None:
+        """Stop handing CHANNEL's messages over (later ones queue, and expire)."""
+        self.inboxes.pop(channel, None)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        deliver = self.inboxes.get(channel)
+        if deliver is None:
+            await super().send(channel, message)
+            return
+        assert isinstance(message, dict), "message is not a dict"
+        assert "__asgi_channel__" not in message
+        self.require_valid_channel_name(channel)
+        deliver(deepcopy(message))  # a copy each, as if it had crossed a wire
+
+    async def group_add(self, group: str, channel: str) -> None:
+        if channel not in self.inboxes:
+            await super().group_add(group, channel)
+            return
+        self.require_valid_group_name(group)
+        # A join time of 0 never expires: Channels drops members after
+        # `group_expiry` (a day) to forget crashed consumers, but an attached
+        # consumer is alive and leaves its groups itself, and a socket open for
+        # longer must still get its user's `disconnect`.
+        self.groups.setdefault(group, {})[channel] = 0
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._clean_expired()
+        for channel in list(self.groups.get(group, ())):
+            with contextlib.suppress(ChannelFull):  # a backed-up member misses it
+                await self.send(channel, message)
 
     def _clean_expired(self) -> None:
         now = time.monotonic()
