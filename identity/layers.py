@@ -114,17 +114,6 @@ class InMemoryChannelLayer(_InMemoryLayer):
         self.require_valid_channel_name(channel)
         deliver(deepcopy(message))  # a copy each, as if it had crossed a wire
 
-    async def group_add(self, group: str, channel: str) -> None:
-        if channel not in self.inboxes:
-            await super().group_add(group, channel)
-            return
-        self.require_valid_group_name(group)
-        # A join time of 0 never expires: Channels drops members after
-        # `group_expiry` (a day) to forget crashed consumers, but an attached
-        # consumer is alive and leaves its groups itself, and a socket open for
-        # longer must still get its user's `disconnect`.
-        self.groups.setdefault(group, {})[channel] = 0
-
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
