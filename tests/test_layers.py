@@ -1,10 +1,11 @@
-"""The in-memory layer: expiry sweeps amortised, membership kept, messages delivered."""
+"""The in-memory layer: expiry sweeps amortised, membership kept, messages handed over."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsLayer
 
 from identity import layers
@@ -47,3 +48,85 @@ async def test_group_membership_outlives_channels_default_expiry(settings):
     await layer.group_add("g", channel)
     await layer.group_send("g", {"type": "hello"})
     assert (await layer.receive(channel))["type"] == "hello"
+
+
+async def test_an_attached_channel_has_each_message_handed_over_and_queues_none():
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    got = []
+    layers.attach(layer, channel, got.append)
+    await layer.group_add("g", channel)
+    await layer.send(channel, {"type": "direct"})
+    await layer.group_send("g", {"type": "group"})
+    assert [m["type"] for m in got] == ["direct", "group"]
+    assert layer.channels == {}
+
+
+async def test_messages_sent_before_attaching_are_handed_over_in_order():
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "a"})
+    await layer.send(channel, {"type": "b"})
+    got = []
+    layers.attach(layer, channel, got.append)
+    assert [m["type"] for m in got] == ["a", "b"]
+
+
+async def test_after_detaching_messages_queue_again():
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    got = []
+    detach = layers.attach(layer, channel, got.append)
+    await detach()
+    await layer.send(channel, {"type": "later"})
+    assert got == []
+    assert (await layer.receive(channel))["type"] == "later"
+
+
+async def test_each_member_gets_its_own_copy():
+    layer = layers.InMemoryChannelLayer()
+    first, second = await layer.new_channel(), await layer.new_channel()
+    got: dict[str, list] = {first: [], second: []}
+    for channel in (first, second):
+        layers.attach(layer, channel, got[channel].append)
+        await layer.group_add("g", channel)
+    await layer.group_send("g", {"type": "x", "frame": {"n": 1}})
+    got[first][0]["frame"]["n"] = 2
+    assert got[second][0]["frame"] == {"n": 1}
+
+
+async def test_group_send_skips_a_backed_up_member_and_reaches_the_rest():
+    layer = layers.InMemoryChannelLayer()
+    full, fine = await layer.new_channel(), await layer.new_channel()
+    got = []
+
+    def backed_up(message):
+        raise ChannelFull(full)
+
+    layers.attach(layer, full, backed_up)
+    layers.attach(layer, fine, got.append)
+    for channel in (full, fine):
+        await layer.group_add("g", channel)
+    await layer.group_send("g", {"type": "x"})
+    assert [m["type"] for m in got] == ["x"]
+    with pytest.raises(ChannelFull):
+        await layer.send(full, {"type": "y"})
+
+
+async def test_a_layer_without_attach_is_pulled_by_one_task_until_detached():
+    layer = ChannelsLayer()  # Channels' own: no attach(), like channels-redis
+    channel = await layer.new_channel()
+    arrived = asyncio.Event()
+    got = []
+
+    def deliver(message):
+        got.append(message)
+        arrived.set()
+
+    detach = layers.attach(layer, channel, deliver)
+    await layer.send(channel, {"type": "x"})
+    await asyncio.wait_for(arrived.wait(), 3)
+    await detach()
+    await layer.send(channel, {"type": "after"})
+    assert [m["type"] for m in got] == ["x"]
+    assert (await layer.receive(channel))["type"] == "after"

@@ -1,0 +1,60 @@
+"""Channel-layer events reach a socket one at a time, after the frame it is handling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from identity import consumers, push
+from tests.conftest import access_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def stalled_presence(monkeypatch):
+    """`presence` waits inside its database call until the test lets it go."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = push.online_users
+
+    async def stalled():
+        entered.set()
+        await release.wait()
+        return await real()
+
+    monkeypatch.setattr(push, "online_users", stalled)
+    return entered, release
+
+
+async def test_a_disconnect_sent_mid_frame_waits_for_that_frames_reply(
+    alice, connect, stalled_presence
+):
+    entered, release = stalled_presence
+    client = await connect(access_for(alice))
+    await client.send("presence", ref="p")
+    await asyncio.wait_for(entered.wait(), 3)
+    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    await client.assert_silent()  # not closed under the pending `presence`
+    release.set()
+    reply = await client.receive()
+    assert (reply["action"], reply["ref"]) == ("presence", "p")
+    assert reply["payload"]["users"] == [{"id": alice.pk, "username": "alice", "connections": 1}]
+    pushed = await client.receive()
+    assert (pushed["action"], pushed["payload"]["reason"]) == ("disconnect", "kicked")
+    assert await client.receive_close() == 4403
+
+
+async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, stalled_presence):
+    entered, release = stalled_presence
+    client = await connect(access_for(alice))
+    await client.send("presence")
+    await asyncio.wait_for(entered.wait(), 3)
+    sent = consumers.EVENT_BACKLOG + 20
+    for n in range(sent):
+        await push.send_to_user(alice.pk, "direct", {"n": n})
+    release.set()
+    assert (await client.receive())["action"] == "presence"
+    got = [(await client.receive())["payload"]["n"] for _ in range(consumers.EVENT_BACKLOG)]
+    assert got == list(range(consumers.EVENT_BACKLOG))  # the first ones, in order
+    await client.assert_silent()
