@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.routing import ProtocolTypeRouter
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -12,11 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from identity.origins import OriginValidator  # noqa: E402
-from identity.routing import websocket_urlpatterns  # noqa: E402
+from identity.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": OriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": OriginValidator(websocket_application),
     }
 )

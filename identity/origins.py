@@ -6,6 +6,7 @@ native apps and scripts send none and identify by token, so they must pass.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,9 +56,11 @@ class OriginValidator:
     def __init__(self, application: Any) -> None:
         self.application = application
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
+        # Returns the inner app's coroutine rather than awaiting it: no frame of
+        # ours stays suspended for the life of each socket.
         if scope["type"] == "websocket":
             origin = _origin_header(scope)
             if origin is not None and not origin_allowed(origin):
-                return await WebsocketDenier()(scope, receive, send)
-        return await self.application(scope, receive, send)
+                return WebsocketDenier()(scope, receive, send)
+        return self.application(scope, receive, send)

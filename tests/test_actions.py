@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from channels.testing import WebsocketCommunicator
 
+from config.asgi import application
 from tests.conftest import access_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -157,6 +159,24 @@ async def test_an_unknown_websocket_path_is_refused(transactional_db):
     connected, client = await open_client(path="/nope/")
     assert not connected
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "served"),
+    [
+        ("/ws/", "", True),
+        ("/ws", "", False),
+        ("/ws/x", "", False),
+        ("/prefix/ws/", "/prefix", True),
+        ("/prefix/ws/", "", False),
+    ],
+)
+async def test_only_ws_below_the_mount_point_is_served(transactional_db, path, root_path, served):
+    communicator = WebsocketCommunicator(application, path)
+    communicator.scope["root_path"] = root_path
+    connected, _ = await communicator.connect(timeout=3)
+    assert connected is served
+    await communicator.disconnect()
 
 
 async def test_invalid_message_carries_a_valid_ref(connect, transactional_db):
