@@ -5,8 +5,8 @@ consumer keeps a task blocked in `layer.receive()` on each one, with a queue
 behind it, and wakes through `asyncio.wait` for every message: about 8 KiB per
 idle socket (docs/performance.md). `attach()` instead hands each message for a
 channel to a callback (the consumer's `deliver`), so an idle channel costs a
-dict entry. The in-memory layer does that itself; for any other layer
-`attach()` falls back to one task that pulls from `receive()`.
+dict entry. Both layers here do that; for any other layer `attach()` falls
+back to one task that pulls from `receive()`.
 
 The in-memory layer (no REDIS_URL): Channels' own sweeps every channel and
 group member for expired entries on *every* `receive`, so opening N sockets
@@ -60,7 +60,7 @@ def attach(layer: BaseChannelLayer, channel: str, deliver: Deliver) -> Detach:
     A layer with its own `attach` (the in-memory one) calls DELIVER as each
     message is sent; for any other, one task per channel pulls from `receive`.
     """
-    if isinstance(layer, InMemoryChannelLayer):
+    if isinstance(layer, InMemoryChannelLayer | RedisPubSubChannelLayer):
         layer.attach(channel, deliver)
         return lambda: layer.detach(channel)
     task = asyncio.ensure_future(_pull(layer, channel, deliver))
@@ -75,11 +75,15 @@ def attach(layer: BaseChannelLayer, channel: str, deliver: Deliver) -> Detach:
 
 async def _pull(layer: BaseChannelLayer, channel: str, deliver: Deliver) -> None:
     while True:
-        message = await layer.receive(channel)
-        try:
-            deliver(message)
-        except ChannelFull:
-            logger.warning("%s is backed up: a %r event was dropped", channel, message.get("type"))
+        _hand_over(channel, deliver, await layer.receive(channel))
+
+
+def _hand_over(channel: str, deliver: Deliver, message: dict[str, Any]) -> None:
+    """Deliver a received message; one its owner has no room for is dropped, and logged."""
+    try:
+        deliver(message)
+    except ChannelFull:
+        logger.warning("%s is backed up: a %r event was dropped", channel, message.get("type"))
 
 
 class InMemoryChannelLayer(_InMemoryLayer):
@@ -154,8 +158,44 @@ async def guarded(awaitable: Any, what: str) -> Any:
         raise LayerUnavailable(f"channel layer unavailable during {what}: {exc!r}") from exc
 
 
+class _Inbox:
+    """Takes the place of channels-redis's per-channel queue: hands each message over."""
+
+    __slots__ = ("channel", "deliver", "deserialize")
+
+    def __init__(self, channel: str, deliver: Deliver, deserialize: Callable[[bytes], Any]):
+        self.channel, self.deliver, self.deserialize = channel, deliver, deserialize
+
+    def put_nowait(self, data: bytes) -> None:
+        _hand_over(self.channel, self.deliver, self.deserialize(data))
+
+
 class RedisPubSubChannelLayer(_PubSubLayer):
     """channels-redis's pub/sub layer; every operation but `receive` is bounded."""
+
+    def attach(self, channel: str, deliver: Deliver) -> None:
+        """Hand CHANNEL's messages (a channel from new_channel) to DELIVER as they arrive.
+
+        The per-loop layer's receive task puts each message in `channels[name]`
+        with `put_nowait`; an _Inbox there delivers it instead of queueing.
+        """
+        loop_layer = self._get_layer()
+        queue = loop_layer.channels.get(channel)
+        loop_layer.channels[channel] = _Inbox(channel, deliver, self.deserialize)
+        while queue is not None and not queue.empty():
+            deliver(self.deserialize(queue.get_nowait()))
+
+    async def detach(self, channel: str) -> None:
+        """Stop delivering CHANNEL and unsubscribe it (what `receive` does when cancelled)."""
+        loop_layer = self._get_layer()
+        if loop_layer.channels.pop(channel, None) is None:
+            return
+        try:
+            await guarded(loop_layer._get_shard(channel).unsubscribe(channel), "unsubscribe")
+        except LayerUnavailable:
+            logger.warning(
+                "channel layer unavailable: %s stays subscribed until reconnect", channel
+            )
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         return await guarded(_async_proxy(self, "new_channel", prefix), "new_channel")

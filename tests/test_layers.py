@@ -9,6 +9,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsLayer
 
 from identity import layers
+from tests.services import require_redis
 
 
 async def test_receive_delivers_in_order_and_forgets_empty_channels():
@@ -130,3 +131,28 @@ async def test_a_layer_without_attach_is_pulled_by_one_task_until_detached():
     await layer.send(channel, {"type": "after"})
     assert [m["type"] for m in got] == ["x"]
     assert (await layer.receive(channel))["type"] == "after"
+
+
+async def test_redis_hands_messages_over_and_unsubscribes_on_detach():
+    layer = layers.RedisPubSubChannelLayer(hosts=[require_redis()])
+    try:
+        channel = await layer.new_channel()
+        shard = layer._get_layer()._get_shard(channel)
+        assert channel in shard._subscribed_to
+        arrived = asyncio.Event()
+        got = []
+
+        def deliver(message):
+            got.append(message)
+            arrived.set()
+
+        detach = layers.attach(layer, channel, deliver)
+        await layer.group_add("g", channel)
+        await layer.group_send("g", {"type": "group", "n": 1})
+        await asyncio.wait_for(arrived.wait(), 3)
+        assert got == [{"type": "group", "n": 1}]
+        await detach()
+        assert channel not in shard._subscribed_to
+        assert channel not in layer._get_layer().channels
+    finally:
+        await layer.flush()
