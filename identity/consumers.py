@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, heartbeat, push, registry, sessions
+from identity import conf, heartbeat, push, registry, sessions, timers
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
 from identity.protocol import (
@@ -111,7 +111,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.bucket = TokenBucket(rate, burst) if rate > 0 and burst > 0 else None
         # One timer at a time: `auth` timeout while anonymous, then `expiring`,
         # then `expired` (each arms the next).
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: timers.Deadline | None = None
+        self.timer_callback: Callable[[], Awaitable[None]] | None = None
         self.tasks: set[asyncio.Future[None]] | None = None  # created on first event or timer
         # Held while anything runs on this socket: a client frame, a channel-layer
         # event or a timer see the socket one at a time, as Channels' own loop would.
@@ -393,11 +394,12 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.cancel_timer()
         if delay <= 0:
             return
-        self.timer = asyncio.get_running_loop().call_later(delay, self.fire_timer, callback)
+        self.timer, self.timer_callback = timers.call_later(delay, self.fire_timer), callback
 
-    def fire_timer(self, callback: Callable[[], Awaitable[None]]) -> None:
-        self.timer = None
-        self.spawn(self.run_timer(callback))
+    def fire_timer(self) -> None:
+        callback, self.timer, self.timer_callback = self.timer_callback, None, None
+        if callback is not None:
+            self.spawn(self.run_timer(callback))
 
     async def run_timer(self, callback: Callable[[], Awaitable[None]]) -> None:
         async with self.lock:
@@ -411,7 +413,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     def cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = None
+            self.timer = self.timer_callback = None
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Take a channel-layer event; it is handled after whatever the socket is doing."""

@@ -27,6 +27,9 @@ def _open(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToke
     return user, token, first
 
 
+_unregister = database_sync_to_async(registry.unregister)
+
+
 async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken]:
     """Authenticate an anonymous socket, record it and join its user's group.
 
@@ -37,7 +40,7 @@ async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens
     try:
         await channel_layer().group_add(push.user_group(user.pk), info.channel_name)
     except LayerUnavailable as exc:
-        await database_sync_to_async(registry.unregister)(info.channel_name, user.pk)
+        await _unregister(info.channel_name, user.pk)
         raise ServiceUnavailable() from exc
     if first:
         await best_effort(push.push_presence("online", user.pk, user.get_username()))
@@ -59,7 +62,7 @@ check_token.__doc__ = "Verify a token and resolve its user (re-auth of a known s
 async def close_session(channel_name: str, user_id: int, username: str) -> None:
     """Forget an authenticated socket; push `offline` if it was the user's last."""
     try:
-        last = await database_sync_to_async(registry.unregister)(channel_name, user_id)
+        last = await _unregister(channel_name, user_id)
     except Exception:
         # The socket is going anyway; the heartbeat expiry cleans up after us.
         logger.exception("could not remove %s from the registry", channel_name)
