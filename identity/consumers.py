@@ -416,8 +416,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             self.timer = self.timer_callback = None
 
     def deliver(self, message: dict[str, Any]) -> None:
-        """Take a channel-layer event; it is handled after whatever the socket is doing."""
-        if self.tasks is not None and len(self.tasks) >= EVENT_BACKLOG:
+        """Take a channel-layer event; it is handled after whatever the socket is doing.
+
+        Past EVENT_BACKLOG waiting events, pushes are refused (the layer drops
+        them, as it would for a full channel); a withdrawal never is.
+        """
+        backed_up = self.tasks is not None and len(self.tasks) >= EVENT_BACKLOG
+        if backed_up and message.get("type") != push.DISCONNECT_EVENT:
             raise ChannelFull(self.channel_name)
         self.spawn(self.handle_event(message))
 

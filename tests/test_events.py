@@ -58,3 +58,19 @@ async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, 
     got = [(await client.receive())["payload"]["n"] for _ in range(consumers.EVENT_BACKLOG)]
     assert got == list(range(consumers.EVENT_BACKLOG))  # the first ones, in order
     await client.assert_silent()
+
+
+async def test_a_withdrawal_is_never_dropped_however_backed_up_the_socket_is(
+    alice, connect, stalled_presence
+):
+    entered, release = stalled_presence
+    client = await connect(access_for(alice))
+    await client.send("presence")
+    await asyncio.wait_for(entered.wait(), 3)
+    for n in range(consumers.EVENT_BACKLOG):
+        await push.send_to_user(alice.pk, "direct", {"n": n})
+    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    release.set()
+    frames = [await client.receive() for _ in range(consumers.EVENT_BACKLOG + 2)]
+    assert frames[-1]["action"] == "disconnect"
+    assert await client.receive_close() == 4403
