@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-services lint serve bench bench-quick browser clean
+.PHONY: run test test-services lint serve bench bench-quick bench-workers browser clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+# One vs two `manage.py serve` workers on the local PostgreSQL and Redis (docs/deploy.md).
+bench-workers: $(STAMP)
+	$(PY) bench/workers.py
 
 LINT_PATHS := manage.py config identity tests $(wildcard bench)
 lint: $(STAMP)

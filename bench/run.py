@@ -481,7 +481,7 @@ def source() -> dict[str, Any]:
             )
         except (OSError, subprocess.TimeoutExpired):
             return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""
 
     changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
     return {

@@ -1,0 +1,120 @@
+"""One `manage.py serve` worker against two, on PostgreSQL and Redis.
+
+The production shape (docs/deploy.md): uvicorn workers sharing the local
+PostgreSQL (a database of its own, `identity_bench`, dropped and created
+here) and Redis (channels under their own prefix). For each worker count the
+server is started, `bench/loadgen.py` runs the sessions and echo scenarios
+against it RUNS times (unpinned: the workers need both cores), and the server
+is stopped by its process group. Prints a Markdown table.
+
+Run: .venv/bin/python bench/workers.py [--runs 2] [--duration 8] [--workers 1,2]
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Redis at 127.0.0.1:6379.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import run
+
+PG = "postgres://postgres@127.0.0.1:5432"
+DATABASE = "identity_bench"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+ROWS = {
+    "sessions_per_s": ("sessions", "sessions (connect + auth + echo + close, 50 concurrent), /s"),
+    "msgs_per_s": ("echo", "echo (100 sockets, 1 in flight each), msgs/s"),
+    "rtt_p99_ms": ("echo", "echo round trip p99, ms"),
+}
+
+
+def psql(sql: str) -> None:
+    subprocess.run(["psql", f"{PG}/postgres", "-qc", sql], check=True, capture_output=True)
+
+
+def prepare(workdir: Path) -> tuple[dict[str, str], Path]:
+    """A fresh bench database with the bench users; the environment and credentials."""
+    env = run.bench_env(secrets.token_urlsafe(32))
+    env.update(
+        DATABASE_URL=f"{PG}/{DATABASE}",
+        REDIS_URL=REDIS_URL,
+        IDENTITY_REDIS_PREFIX=f"bench-{secrets.token_hex(4)}",
+        DJANGO_HTTPS="0",
+    )
+    psql(f"DROP DATABASE IF EXISTS {DATABASE}")
+    psql(f"CREATE DATABASE {DATABASE}")
+    python = str(run.VENV_BIN / "python")
+    run.run_checked([python, "manage.py", "migrate", "--noinput", "-v", "0"], env)
+    creds = workdir / "creds.json"
+    users = [python, str(run.BENCH / "project_users.py"), "--count", str(run.USER_COUNT)]
+    run.run_checked([*users, "--out", str(creds)], env)
+    return env, creds
+
+
+def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: Path) -> dict:
+    """Start `serve --workers N`, run each scenario RUNS times, stop it."""
+    port = run.free_port()
+    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    python = str(run.VENV_BIN / "python")
+    serve = [python, "manage.py", "serve", "--host", run.HOST, "--port", str(port)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*serve, "--workers", str(workers)], cwd=run.ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    results: dict[str, list[Any]] = {key: [] for key in ROWS}
+    try:
+        run.wait_listening(proc, port, log)
+        time.sleep(2)  # every worker up
+        for scenario in ("sessions", "echo"):
+            for _ in range(args.runs):
+                metrics = loadgen(port, scenario, args.duration, env, creds)
+                for key, (wanted, _) in ROWS.items():
+                    if wanted == scenario:
+                        results[key].append(metrics.get(key))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's supervisor and its workers
+        proc.wait(timeout=run.STOP_TIMEOUT)
+    return results
+
+
+def loadgen(port: int, scenario: str, duration: float, env: dict[str, str], creds: Path) -> dict:
+    cmd = [
+        str(run.VENV_BIN / "python"), str(run.BENCH / "loadgen.py"),
+        "--url", f"ws://{run.HOST}:{port}/ws/", "--creds", str(creds),
+        "--scenario", scenario, "--duration", str(duration), "--warmup", "2",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=run.ROOT, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result.get("errors"):
+        raise SystemExit(f"{scenario}: errors {result['errors']}")
+    return result["metrics"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--workers", default="1,2")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
+    with run.exclusive():
+        env, creds = prepare(Path(tempfile.mkdtemp(prefix="workers-")))
+        table = {n: measure(n, args, env, creds) for n in counts}
+    print("| scenario | " + " | ".join(f"{n} worker{'s' * (n > 1)}" for n in counts) + " |")
+    print("| --- |" + " --- |" * len(counts))
+    for key, (_, label) in ROWS.items():
+        cells = [", ".join(f"{v:,.1f}" for v in table[n][key]) for n in counts]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
