@@ -124,6 +124,17 @@ def fetch_user(user_id: Any) -> Any | None:
     return user
 
 
+INSERT_FIELDS = (
+    "channel_name",
+    "user",
+    "server",
+    "opened_at",
+    "authenticated_at",
+    "remote_addr",
+    "user_agent",
+)
+
+
 @cache
 def _registry(vendor: str) -> RegistryStatements:
     conn, server = Connection._meta, ServerProcess._meta
@@ -148,17 +159,6 @@ def _registry(vendor: str) -> RegistryStatements:
         any_live=f"SELECT 1 {joined} AND s.{heartbeat} >= %s LIMIT 1",
         lock=lock,
     )
-
-
-INSERT_FIELDS = (
-    "channel_name",
-    "user",
-    "server",
-    "opened_at",
-    "authenticated_at",
-    "remote_addr",
-    "user_agent",
-)
 
 
 def _statements() -> RegistryStatements:

@@ -12,6 +12,21 @@ from identity import layers
 from tests.services import require_redis
 
 
+class Inbox:
+    """A `deliver` callback for layers that hand messages over from another task."""
+
+    def __init__(self) -> None:
+        self.got: list[dict] = []
+        self.arrived = asyncio.Event()
+
+    def deliver(self, message: dict) -> None:
+        self.got.append(message)
+        self.arrived.set()
+
+    async def first(self) -> None:
+        await asyncio.wait_for(self.arrived.wait(), 3)
+
+
 async def test_receive_delivers_in_order_and_forgets_empty_channels():
     layer = layers.InMemoryChannelLayer()
     channel = await layer.new_channel()
@@ -117,19 +132,13 @@ async def test_group_send_skips_a_backed_up_member_and_reaches_the_rest():
 async def test_a_layer_without_attach_is_pulled_by_one_task_until_detached():
     layer = ChannelsLayer()  # Channels' own: no attach(), like channels-redis
     channel = await layer.new_channel()
-    arrived = asyncio.Event()
-    got = []
-
-    def deliver(message):
-        got.append(message)
-        arrived.set()
-
-    detach = layers.attach(layer, channel, deliver)
+    inbox = Inbox()
+    detach = layers.attach(layer, channel, inbox.deliver)
     await layer.send(channel, {"type": "x"})
-    await asyncio.wait_for(arrived.wait(), 3)
+    await inbox.first()
     await detach()
     await layer.send(channel, {"type": "after"})
-    assert [m["type"] for m in got] == ["x"]
+    assert [m["type"] for m in inbox.got] == ["x"]
     assert (await layer.receive(channel))["type"] == "after"
 
 
@@ -139,18 +148,12 @@ async def test_redis_hands_messages_over_and_unsubscribes_on_detach():
         channel = await layer.new_channel()
         shard = layer._get_layer()._get_shard(channel)
         assert channel in shard._subscribed_to
-        arrived = asyncio.Event()
-        got = []
-
-        def deliver(message):
-            got.append(message)
-            arrived.set()
-
-        detach = layers.attach(layer, channel, deliver)
+        inbox = Inbox()
+        detach = layers.attach(layer, channel, inbox.deliver)
         await layer.group_add("g", channel)
         await layer.group_send("g", {"type": "group", "n": 1})
-        await asyncio.wait_for(arrived.wait(), 3)
-        assert got == [{"type": "group", "n": 1}]
+        await inbox.first()
+        assert inbox.got == [{"type": "group", "n": 1}]
         await detach()
         assert channel not in shard._subscribed_to
         assert channel not in layer._get_layer().channels
