@@ -8,16 +8,17 @@ the per-socket state: user, expiry, timers, attempt and rate counters.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
 from channels.consumer import get_handler_name
-from channels.exceptions import ChannelFull, StopConsumer
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
@@ -25,6 +26,7 @@ from django.db import DatabaseError
 from identity import conf, heartbeat, push, registry, sessions, timers
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
+from identity.logs import throttled
 from identity.protocol import (
     ANONYMOUS_ACTIONS,
     CLOSE_CODE_FOR_REASON,
@@ -39,6 +41,7 @@ from identity.protocol import (
     error_frame,
     frame,
     parse_envelope,
+    peek,
     user_payload,
     validate_send,
     validate_text,
@@ -47,7 +50,13 @@ from identity.protocol import (
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW = 10.0  # seconds over which refused frames are counted
-EVENT_BACKLOG = 100  # channel-layer events waiting on one socket before more are dropped
+EVENT_BACKLOG = 100  # pushes waiting on one socket before more are dropped
+# A withdrawal waits this long for the frame in hand; if that frame's handler is
+# then stuck writing to a client that does not read, it goes ahead without it.
+STUCK_AFTER = 0.5  # seconds
+# How long the goodbye (`disconnect` and the close frame) may wait for a client
+# that does not read before the socket is dropped without it.
+GOODBYE_TIMEOUT = 30.0  # seconds
 
 
 class TokenBucket:
@@ -113,10 +122,15 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         # then `expired` (each arms the next).
         self.timer: timers.Deadline | None = None
         self.timer_callback: Callable[[], Awaitable[None]] | None = None
-        self.tasks: set[asyncio.Future[None]] | None = None  # created on first event or timer
+        self.tasks: set[asyncio.Future[None]] | None = None  # timers and withdrawals
+        self.pushes: set[asyncio.Future[None]] | None = None  # pushes waiting to be written
         # Held while anything runs on this socket: a client frame, a channel-layer
         # event or a timer see the socket one at a time, as Channels' own loop would.
         self.lock = asyncio.Lock()
+        self.sending = 0  # sends in progress; one seen from elsewhere is blocked on the client
+        self.gone = False  # the server could not write: the connection is lost
+        self.slow = False  # closed for not reading
+        self.main: asyncio.Task[Any] | None = None
 
     # --- transport ------------------------------------------------------------
 
@@ -134,7 +148,21 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await receive()
             await send({"type": "websocket.close"})
             return
+        self.main = asyncio.current_task()
+        # Events arrive in whatever context sent them (a sync view's thread
+        # context, whose executor is gone by the time a database call runs);
+        # the socket's own tasks run in the socket's context instead.
+        self.context = contextvars.copy_context()
         detach = attach(self.channel_layer, self.channel_name, self.deliver)
+        try:
+            await self.serve(receive)
+        finally:
+            # However the socket ends (close, reset, a failed send, cancellation,
+            # server shutdown), it leaves the registry, its groups and its timers.
+            await asyncio.shield(self.end(detach))
+
+    async def serve(self, receive: Any) -> None:
+        """Take client frames one at a time until the socket ends."""
         try:
             while True:
                 message = await receive()
@@ -142,6 +170,21 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                     await self.dispatch(message)
         except StopConsumer:
             pass
+        except asyncio.CancelledError:
+            if not self.closing:  # cancelled by the server, not by our own goodbye
+                raise
+        except Exception:
+            if not self.closing:  # a handler that lost a race with a withdrawal is no bug
+                logger.exception("socket %s failed", self.channel_name)
+
+    async def end(self, detach: Callable[[], Awaitable[None]]) -> None:
+        self.closing = True
+        self.cancel_timer()
+        for task in [*(self.pushes or ()), *(self.tasks or ())]:
+            if task is not asyncio.current_task():
+                task.cancel()
+        try:
+            await self.forget_identity()
         finally:
             await detach()
 
@@ -168,7 +211,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         text = message.get("text")
         if text is not None and self.too_big(text):
             await self.close_socket(code=CloseCode.MESSAGE_TOO_BIG)
-        elif not await self.within_rate():
+        elif not await self.within_rate(text):
             return
         elif text is None:
             await self.send_json(error_frame(ErrorCode.UNSUPPORTED_FRAME))
@@ -192,17 +235,38 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         return orjson.loads(text_data)
 
     async def send_json(self, content: Any, close: bool = False) -> None:
-        # Straight to the server: the generic consumer's send() re-checks
-        # arguments and adds two awaits per frame.
-        await self.base_send({"type": "websocket.send", "text": orjson.dumps(content).decode()})
+        await self.transmit({"type": "websocket.send", "text": orjson.dumps(content).decode()})
         if close:
-            await self.close(close)
+            await self.transmit({"type": "websocket.close"})
 
-    async def within_rate(self) -> bool:
+    async def transmit(self, message: dict[str, Any]) -> None:
+        """Hand a message to the server; if the connection is gone, end quietly.
+
+        Straight to the server: the generic consumer's send() re-checks
+        arguments and adds two awaits per frame.
+        """
+        if self.gone:
+            return
+        self.sending += 1
+        try:
+            await self.base_send(message)
+        except Exception as exc:
+            # Reset by the client, failed by the server's keepalive, or closed
+            # already: the server delivers `websocket.disconnect` next.
+            self.gone = self.closing = True
+            throttled(
+                logger, "send-failed", "socket %s lost while sending: %r", self.channel_name, exc
+            )
+        finally:
+            self.sending -= 1
+
+    async def within_rate(self, text: str | None) -> bool:
         """Take a token from the socket's bucket; answer (and maybe close) if empty."""
         if self.bucket is None or self.bucket.take():
             return True
-        await self.send_json(error_frame(ErrorCode.RATE_LIMITED))
+        # Not processed, but answered with its ref: a client's pending request must not hang.
+        action, ref = peek(text) if text is not None else (None, None)
+        await self.send_json(error_frame(ErrorCode.RATE_LIMITED, None, action, ref))
         if self.bucket.flooding():
             await self.close_socket(Reason.RATE_LIMITED)
         return False
@@ -249,20 +313,38 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def reply(self, envelope: Envelope, payload: Any, action: str | None = None) -> None:
         await self.send_json(frame(action or envelope.action, payload, envelope.ref))
 
-    async def close_socket(self, reason: Reason | None = None, code: int | None = None) -> None:
-        """Send `disconnect` REASON (if any) and close; nothing is processed after."""
+    async def close_socket(self, reason: Reason | None = None, code: int | None = None) -> bool:
+        """Leave the registry, send `disconnect` REASON (if any) and close.
+
+        Nothing is processed after. False if the socket was closing already.
+        """
         if self.closing:
-            return
+            return False
         self.closing = True
         self.cancel_timer()
-        if reason is not None:
-            await self.send_json(disconnect_push(reason))
-            code = CLOSE_CODE_FOR_REASON[reason]
-        # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
-        await self.close(code=int(code) if code is not None else None)
-        # Leave the registry now, not when the client finishes the closing
-        # handshake: a withdrawn socket must not count as online meanwhile.
+        # Leave the registry before writing anything: a client that does not
+        # read must not keep counting as online while the goodbye waits on it.
         await self.forget_identity()
+        if reason is not None:
+            code = CLOSE_CODE_FOR_REASON[reason]
+        await self.goodbye(reason, code)
+        return True
+
+    async def goodbye(self, reason: Reason | None, code: int | None) -> None:
+        """Write `disconnect` and the close frame; drop the socket if they are never read."""
+        # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
+        close = {"type": "websocket.close", "code": int(code) if code is not None else 1000}
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT):
+                if reason is not None:
+                    await self.send_json(disconnect_push(reason))
+                await self.transmit(close)
+        except TimeoutError:
+            throttled(
+                logger, "goodbye", "socket %s never read its close: dropped", self.channel_name
+            )
+            if self.main is not None:
+                self.main.cancel()
 
     # --- actions --------------------------------------------------------------
 
@@ -418,13 +500,32 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     def deliver(self, message: dict[str, Any]) -> None:
         """Take a channel-layer event; it is handled after whatever the socket is doing.
 
-        Past EVENT_BACKLOG waiting events, pushes are refused (the layer drops
-        them, as it would for a full channel); a withdrawal never is.
+        A withdrawal goes ahead of every push still waiting. Past EVENT_BACKLOG
+        waiting pushes, more are dropped, and a socket whose writes are blocked
+        on a client that does not read is closed (`slow_reader`, 4408).
         """
-        backed_up = self.tasks is not None and len(self.tasks) >= EVENT_BACKLOG
-        if backed_up and message.get("type") != push.DISCONNECT_EVENT:
-            raise ChannelFull(self.channel_name)
-        self.spawn(self.handle_event(message))
+        kind = message.get("type")
+        if kind == push.DISCONNECT_EVENT:
+            reason = Reason(message["reason"])
+            self.spawn(self.withdraw(reason, message.get("reply_to")))
+        elif self.closing:
+            pass  # the socket is going: nothing more is written to it
+        elif self.pushes is not None and len(self.pushes) >= EVENT_BACKLOG:
+            self.overflow(kind)
+        else:
+            task = self.task(self.handle_event(message))
+            if self.pushes is None:
+                self.pushes = set()
+            self.pushes.add(task)
+            task.add_done_callback(self.pushes.discard)
+
+    def overflow(self, kind: Any) -> None:
+        if self.sending and not self.slow:
+            self.slow = True  # one withdrawal is enough
+            self.spawn(self.withdraw(Reason.SLOW_READER))
+        throttled(
+            logger, "backlog", "%s is backed up: a %r push was dropped", self.channel_name, kind
+        )
 
     async def handle_event(self, message: dict[str, Any]) -> None:
         async with self.lock:
@@ -433,13 +534,54 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 logger.exception("identity event %r failed", message.get("type"))
 
-    def spawn(self, coroutine: Awaitable[None]) -> None:
+    def task(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of this socket's, in the socket's context."""
+        return asyncio.get_running_loop().create_task(coroutine, context=self.context.copy())
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         # Keep a reference: the loop holds tasks only weakly.
-        task = asyncio.ensure_future(coroutine)
+        task = self.task(coroutine)
         if self.tasks is None:
             self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def withdraw(self, reason: Reason, reply_to: str | None = None) -> None:
+        """The server withdraws this socket's identity: leave, push REASON, close.
+
+        Waiting pushes are dropped. The frame in hand is finished first, unless
+        its handler is stuck writing to a client that does not read.
+        """
+        for task in list(self.pushes or ()):
+            task.cancel()
+        locked = await self.lock_unless_stuck()
+        try:
+            # Logged out (or closing) since the event was sent: nothing to withdraw.
+            closed = self.user is not None and not self.closing and await self.close_socket(reason)
+        finally:
+            if locked:
+                self.lock.release()
+        if reply_to:
+            await self.acknowledge(reply_to, closed)
+
+    async def lock_unless_stuck(self) -> bool:
+        """Take the lock; give up (False) once its holder is stuck in a send."""
+        while True:
+            try:
+                async with asyncio.timeout(STUCK_AFTER):
+                    await self.lock.acquire()
+                return True
+            except TimeoutError:
+                if self.sending:
+                    return False
+
+    async def acknowledge(self, reply_to: str, closed: bool) -> None:
+        """Tell whoever asked for the withdrawal whether this socket gave up an identity."""
+        ack = {"type": push.WITHDRAWN_EVENT, "channel": self.channel_name, "closed": closed}
+        try:
+            await self.channel_layer.send(reply_to, ack)
+        except Exception as exc:
+            throttled(logger, "ack", "could not acknowledge a withdrawal: %r", exc)
 
     async def on_auth_timeout(self) -> None:
         if self.user is None:
@@ -462,12 +604,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(frame(Action.SESSION, {"event": "expired"}))
 
     # --- channel-layer events (identity.push) -----------------------------------
-
-    async def identity_disconnect(self, event: dict[str, Any]) -> None:
-        """The server withdrew this socket's identity: push the reason and close."""
-        if self.user is None:
-            return  # logged out since the event was sent: nothing to withdraw
-        await self.close_socket(Reason(event["reason"]))
 
     async def identity_push(self, event: dict[str, Any]) -> None:
         """A frame for every socket of this user (e.g. `direct`)."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
+import orjson
+
 MAX_REF_LENGTH = 64
 MAX_TEXT_LENGTH = 4096
 
@@ -59,6 +61,8 @@ class CloseCode(IntEnum):
     AUTH_TIMEOUT = 4401
     WITHDRAWN = 4403
     TOO_MANY = 4429
+    # Not in PROTOCOL.md: the client stopped reading while frames piled up for it.
+    SLOW_READER = 4408
     MESSAGE_TOO_BIG = 1009
 
 
@@ -72,6 +76,7 @@ class Reason(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     RATE_LIMITED = "rate_limited"
+    SLOW_READER = "slow_reader"
 
 
 CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
@@ -82,7 +87,11 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
     Reason.TOKEN_REVOKED: CloseCode.WITHDRAWN,
     Reason.TOO_MANY_ATTEMPTS: CloseCode.TOO_MANY,
     Reason.RATE_LIMITED: CloseCode.TOO_MANY,
+    Reason.SLOW_READER: CloseCode.SLOW_READER,
 }
+
+# Reasons after which the client may connect again with the token it has.
+RECONNECT_REASONS = frozenset({Reason.AUTH_TIMEOUT, Reason.SLOW_READER})
 
 # Actions a socket may use before it has an identity.
 ANONYMOUS_ACTIONS = frozenset({Action.AUTH, Action.WHOAMI, Action.LOGOUT, Action.PING})
@@ -148,6 +157,18 @@ def parse_envelope(content: Any) -> Envelope:
     return Envelope(action, content.get("payload"), ref)
 
 
+def peek(text: str) -> tuple[str | None, str | int | None]:
+    """The action and valid `ref` of a raw frame, where it has them (to answer a refusal)."""
+    try:
+        content = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(content, dict):
+        return None, None
+    action, ref = content.get("action"), content.get("ref")
+    return (action if isinstance(action, str) else None), (ref if _valid_ref(ref) else None)
+
+
 def _valid_ref(ref: Any) -> bool:
     if ref is None:
         return True
@@ -190,7 +211,7 @@ def user_payload(user_id: int, username: str) -> dict[str, Any]:
 def disconnect_push(reason: Reason) -> dict[str, Any]:
     """The push sent just before the server closes a socket."""
     return frame(
-        Action.DISCONNECT, {"reason": str(reason), "reconnect": reason is Reason.AUTH_TIMEOUT}
+        Action.DISCONNECT, {"reason": str(reason), "reconnect": reason in RECONNECT_REASONS}
     )
 
 

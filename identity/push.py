@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # Channel-layer event types; the consumer's handlers are named after them
 # (`identity.disconnect` -> `identity_disconnect`).
 DISCONNECT_EVENT = "identity.disconnect"
+# A socket's answer to a withdrawal that named a `reply_to` channel.
+WITHDRAWN_EVENT = "identity.withdrawn"
 PUSH_EVENT = "identity.push"
 PRESENCE_EVENT = "identity.presence"
 

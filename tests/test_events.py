@@ -34,9 +34,10 @@ async def test_a_disconnect_sent_mid_frame_waits_for_that_frames_reply(
     client = await connect(access_for(alice))
     await client.send("presence", ref="p")
     await asyncio.wait_for(entered.wait(), 3)
-    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    withdrawal = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
     await client.assert_silent()  # not closed under the pending `presence`
     release.set()
+    assert await withdrawal == 1
     reply = await client.receive()
     assert (reply["action"], reply["ref"]) == ("presence", "p")
     assert reply["payload"]["users"] == [{"id": alice.pk, "username": "alice", "connections": 1}]
@@ -60,7 +61,7 @@ async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, 
     await client.assert_silent()
 
 
-async def test_a_withdrawal_is_never_dropped_however_backed_up_the_socket_is(
+async def test_a_withdrawal_goes_ahead_of_the_pushes_waiting_on_a_backed_up_socket(
     alice, connect, stalled_presence
 ):
     entered, release = stalled_presence
@@ -69,8 +70,11 @@ async def test_a_withdrawal_is_never_dropped_however_backed_up_the_socket_is(
     await asyncio.wait_for(entered.wait(), 3)
     for n in range(consumers.EVENT_BACKLOG):
         await push.send_to_user(alice.pk, "direct", {"n": n})
-    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    withdrawal = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
+    await client.assert_silent()
     release.set()
-    frames = [await client.receive() for _ in range(consumers.EVENT_BACKLOG + 2)]
-    assert frames[-1]["action"] == "disconnect"
+    assert await withdrawal == 1
+    assert (await client.receive())["action"] == "presence"  # the frame in hand is finished
+    pushed = await client.receive()  # the waiting directs were dropped
+    assert pushed == {"action": "disconnect", "payload": {"reason": "kicked", "reconnect": False}}
     assert await client.receive_close() == 4403

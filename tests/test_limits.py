@@ -88,7 +88,8 @@ async def test_frames_past_the_burst_are_rate_limited(alice, connect, settings):
         assert (await client.request("ping", n))["action"] == "pong"
     refused = await client.request("ping", 3, ref="late")
     assert refused["payload"]["code"] == "rate_limited"
-    assert "ref" not in refused  # the frame is not processed, so its ref is unknown
+    # Not processed, but answered as the frame it was: a pending request must not hang.
+    assert (refused["ref"], refused["payload"]["action"]) == ("late", "ping")
 
 
 async def test_sustained_flooding_closes_4429(connect, settings, transactional_db):
