@@ -188,7 +188,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["identity.authentication.IdentityJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["identity.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "identity.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -203,6 +203,7 @@ SIMPLE_JWT = {
     "SIGNING_KEY": env_str("JWT_SIGNING_KEY", SECRET_KEY),
     "TOKEN_OBTAIN_SERIALIZER": "identity.api.TokenObtainSerializer",
     "TOKEN_REFRESH_SERIALIZER": "identity.api.TokenRefreshSerializer",
+    "TOKEN_BLACKLIST_SERIALIZER": "identity.api.TokenBlacklistSerializer",
 }
 
 # The protocol's knobs (PROTOCOL.md, "Settings that shape the protocol").
@@ -240,5 +241,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "identity": {"handlers": ["console"], "level": env_str("IDENTITY_LOG_LEVEL", "INFO")},
+        # Django's own logging prints a 500's traceback only with DEBUG on (and
+        # mails it to ADMINS, which is empty): without this a production 500
+        # leaves no trace. Not propagated, so DEBUG does not print it twice.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
