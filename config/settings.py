@@ -50,6 +50,23 @@ def env_number(name: str, default: float) -> float:
     return value
 
 
+RATE_PERIODS = {"s", "sec", "m", "min", "h", "hour", "d", "day"}
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate "N/period" (e.g. 10/min); set but empty, or 0, turns it off."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if raw in {"", "0"}:
+        return None
+    count, _, period = raw.partition("/")
+    if not count.isdigit() or period not in RATE_PERIODS:
+        raise ImproperlyConfigured(f"{name} must look like 10/min (or 0 for no limit), not {raw!r}")
+    return None if int(count) == 0 else raw
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated list."""
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
@@ -184,6 +201,20 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The cache holds the sign-in throttles' counts. A table in the default
+# database, because every server process already shares it (PostgreSQL, or
+# the SQLite file) while REDIS_URL is optional; a sign-in checks a password
+# hash anyway, so one more indexed query is noise. `migrate` creates the table
+# (identity/apps.py). MAX_ENTRIES is high because culling drops arbitrary
+# keys: a low cap would let a flood of usernames wipe the counts.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "identity_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["identity.authentication.IdentityJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
@@ -216,6 +247,9 @@ IDENTITY_RATE_BURST = env_number("IDENTITY_RATE_BURST", 60)
 IDENTITY_MAX_CONNECTIONS_PER_USER = int(env_number("IDENTITY_MAX_CONNECTIONS_PER_USER", 0))
 IDENTITY_HEARTBEAT_INTERVAL = env_number("IDENTITY_HEARTBEAT_INTERVAL", 5)
 IDENTITY_HEARTBEAT_EXPIRY = env_number("IDENTITY_HEARTBEAT_EXPIRY", 15)
+# Failed `POST /api/token/` per username and per client address (429 past it).
+IDENTITY_LOGIN_RATE_PER_ACCOUNT = env_rate("IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min")
+IDENTITY_LOGIN_RATE_PER_ADDRESS = env_rate("IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min")
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.

@@ -21,17 +21,37 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework_simplejwt import serializers as jwt_serializers
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.views import TokenObtainPairView
 
 from identity import push, registry, tokens, withdraw
 from identity.exceptions import IdentityError
 from identity.layers import LayerUnavailable
 from identity.protocol import Reason
+from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, SignInAddressThrottle
 
 logger = logging.getLogger(__name__)
 
 
 class TokenObtainSerializer(jwt_serializers.TokenObtainPairSerializer):
     """`POST /api/token/`: SimpleJWT's, unchanged (named here so settings point at us)."""
+
+
+class SignInView(TokenObtainPairView):
+    """`POST /api/token/`, throttled on failed attempts per account and per address."""
+
+    # The account first: it parses the body, and a malformed one stops here.
+    throttle_classes = [SignInAccountThrottle, SignInAddressThrottle]
+    throttles: list[FailedSignInThrottle] = []
+
+    def get_throttles(self) -> list[Any]:
+        self.throttles = super().get_throttles()
+        return self.throttles
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        failed = response.status_code == status.HTTP_401_UNAUTHORIZED
+        for throttle in self.throttles:
+            throttle.settle(failed)
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 class TokenRefreshSerializer(jwt_serializers.TokenRefreshSerializer):
