@@ -26,7 +26,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView
 from identity import push, registry, tokens, withdraw
 from identity.exceptions import IdentityError
 from identity.layers import LayerUnavailable
-from identity.protocol import Reason
+from identity.protocol import Reason, storable_text
 from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, SignInAddressThrottle
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ class StaffView(APIView):
     permission_classes = [permissions.IsAuthenticated, IsStaff]
 
     def target(self, username: str) -> Any:
+        # PostgreSQL refuses NUL in a query parameter (a 500): no user has it.
+        if not storable_text(username):
+            raise Http404
         user_model = get_user_model()
         return get_object_or_404(user_model, **{user_model.USERNAME_FIELD: username})
 
