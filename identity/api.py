@@ -101,8 +101,35 @@ class IsStaff(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+def user_model_permission(action: str) -> str:
+    """The Django permission to `action` ("view", "change") the configured user model."""
+    opts = get_user_model()._meta
+    return f"{opts.app_label}.{action}_{opts.model_name}"
+
+
+class CanChangeUsers(permissions.BasePermission):
+    """The admin's rule for its disconnect and revoke actions: change permission on users."""
+
+    message = "This endpoint needs the permission to change users."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return request.user.has_perm(user_model_permission("change"))
+
+
+class CanViewUsers(permissions.BasePermission):
+    """The admin's rule for its user list: view (or change) permission on users."""
+
+    message = "This endpoint needs the permission to view users."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return any(user.has_perm(user_model_permission(a)) for a in ("view", "change"))
+
+
 class StaffView(APIView):
-    permission_classes = [permissions.IsAuthenticated, IsStaff]
+    # In order: no token is a 401, a non-staff user a 403 whatever the
+    # permissions, then the model permission the admin would ask for.
+    permission_classes = [permissions.IsAuthenticated, IsStaff, CanChangeUsers]
 
     def target(self, username: str) -> Any:
         # PostgreSQL refuses NUL in a query parameter (a 500): no user has it.
@@ -114,6 +141,8 @@ class StaffView(APIView):
 
 class OnlineView(StaffView):
     """`GET /api/online/`: who is online, across every process."""
+
+    permission_classes = [permissions.IsAuthenticated, IsStaff, CanViewUsers]
 
     def get(self, request: Request) -> Response:
         return Response({"users": [u.as_dict() for u in registry.online_users()]})
