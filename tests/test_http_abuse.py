@@ -6,6 +6,7 @@ leave no trace, and where the JSON error pages must hold.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import urllib.error
@@ -42,9 +43,11 @@ def server(database):
     live.stop()
 
 
-def post_raw(server: LiveServer, path: str, body: bytes, token: str = "") -> tuple[int, dict]:
-    """POST raw bytes as JSON; (status, decoded JSON body)."""
-    request = urllib.request.Request(server.http + path, data=body, method="POST")
+def post_raw(
+    server: LiveServer, path: str, body: bytes | None, token: str = "", method: str = "POST"
+) -> tuple[int, dict]:
+    """Send raw bytes as JSON; (status, decoded JSON body, or {"not_json": ...})."""
+    request = urllib.request.Request(server.http + path, data=body, method=method)
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -56,8 +59,6 @@ def post_raw(server: LiveServer, path: str, body: bytes, token: str = "") -> tup
 
 
 def _json(raw: bytes) -> dict:
-    import json
-
     try:
         return json.loads(raw)
     except ValueError:
@@ -102,22 +103,28 @@ def test_a_refresh_token_with_an_exp_string_is_a_401_not_a_500(server, database)
         assert status == 401 and body.get("code"), (url, body)
 
 
-@pytest.fixture
-def fragile_server():
-    """A production-mode server whose user table the test may break."""
-    database = Database.sqlite(**PRODUCTION)
+@pytest.fixture(params=["production", "debug"])
+def fragile_server(request):
+    """A server whose user table the test may break, in production and in debug mode."""
+    env = {**PRODUCTION, "DJANGO_DEBUG": "1" if request.param == "debug" else "0"}
+    database = Database.sqlite(**env)
     live = LiveServer(database.env).start()
     live.database_path = Path(database.env["DATABASE_URL"].removeprefix("sqlite:///"))
     yield live
     live.stop()
 
 
-def test_a_500_is_logged_with_its_traceback_in_production_mode(fragile_server):
+def test_a_500_is_json_and_logged_with_its_traceback_in_every_mode(fragile_server):
     with sqlite3.connect(fragile_server.database_path) as db:
         db.execute("ALTER TABLE auth_user RENAME TO auth_user_gone")
-    status, body = fragile_server.post("/api/token/", {"username": "alice", "password": "x"})
+    status, body = post_raw(fragile_server, "/api/token/", b'{"username": "a", "password": "x"}')
     assert (status, body.get("code")) == (500, "server_error")
     log = fragile_server.output()
     assert "Internal Server Error: /api/token/" in log
     assert "Traceback (most recent call last)" in log
     assert "no such table: auth_user" in log
+
+
+def test_an_unknown_api_path_is_a_json_404_in_debug_mode_too(fragile_server):
+    status, body = post_raw(fragile_server, "/api/nothing/", None, method="GET")
+    assert (status, body.get("code")) == (404, "not_found"), body
