@@ -14,7 +14,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# config/development.py leaves a git-ignored .env (DJANGO_DEBUG=1) unless one
+# exists, so manage.py commands work in this checkout afterwards.
 run: $(STAMP)
+	$(PY) -m config.development
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
 	DJANGO_DEBUG=1 $(PY) manage.py demo_users
 	@echo ""

@@ -15,6 +15,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
+from config.development import development_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
 
@@ -50,20 +52,37 @@ def env_number(name: str, default: float) -> float:
     return value
 
 
+RATE_PERIODS = {"s", "sec", "m", "min", "h", "hour", "d", "day"}
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate "N/period" (e.g. 10/min); set but empty, or 0, turns it off."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if raw in {"", "0"}:
+        return None
+    count, _, period = raw.partition("/")
+    if not count.isdigit() or period not in RATE_PERIODS:
+        raise ImproperlyConfigured(f"{name} must look like 10/min (or 0 for no limit), not {raw!r}")
+    return None if int(count) == 0 else raw
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated list."""
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-_DEV_SECRET_KEY = "django-insecure-development-key-do-not-use-in-production"
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. Set it, or set DJANGO_DEBUG=1 for development."
         )
-    SECRET_KEY = _DEV_SECRET_KEY
+    # Random per checkout, kept in the git-ignored .dev-secret-key.
+    SECRET_KEY = development_secret_key()
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 IDENTITY_ALLOWED_ORIGINS = env_list("IDENTITY_ALLOWED_ORIGINS", "")
@@ -85,6 +104,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "identity.middleware.JSONErrorsMiddleware",  # outermost: sees every error page
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -184,11 +204,25 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The cache holds the sign-in throttles' counts. A table in the default
+# database, because every server process already shares it (PostgreSQL, or
+# the SQLite file) while REDIS_URL is optional; a sign-in checks a password
+# hash anyway, so one more indexed query is noise. `migrate` creates the table
+# (identity/apps.py). MAX_ENTRIES is high because culling drops arbitrary
+# keys: a low cap would let a flood of usernames wipe the counts.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "identity_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["identity.authentication.IdentityJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["identity.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "identity.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -203,6 +237,7 @@ SIMPLE_JWT = {
     "SIGNING_KEY": env_str("JWT_SIGNING_KEY", SECRET_KEY),
     "TOKEN_OBTAIN_SERIALIZER": "identity.api.TokenObtainSerializer",
     "TOKEN_REFRESH_SERIALIZER": "identity.api.TokenRefreshSerializer",
+    "TOKEN_BLACKLIST_SERIALIZER": "identity.api.TokenBlacklistSerializer",
 }
 
 # The protocol's knobs (PROTOCOL.md, "Settings that shape the protocol").
@@ -215,6 +250,9 @@ IDENTITY_RATE_BURST = env_number("IDENTITY_RATE_BURST", 60)
 IDENTITY_MAX_CONNECTIONS_PER_USER = int(env_number("IDENTITY_MAX_CONNECTIONS_PER_USER", 0))
 IDENTITY_HEARTBEAT_INTERVAL = env_number("IDENTITY_HEARTBEAT_INTERVAL", 5)
 IDENTITY_HEARTBEAT_EXPIRY = env_number("IDENTITY_HEARTBEAT_EXPIRY", 15)
+# Failed `POST /api/token/` per username and per client address (429 past it).
+IDENTITY_LOGIN_RATE_PER_ACCOUNT = env_rate("IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min")
+IDENTITY_LOGIN_RATE_PER_ADDRESS = env_rate("IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min")
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.
@@ -240,5 +278,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "identity": {"handlers": ["console"], "level": env_str("IDENTITY_LOG_LEVEL", "INFO")},
+        # Django's own logging prints a 500's traceback only with DEBUG on (and
+        # mails it to ADMINS, which is empty): without this a production 500
+        # leaves no trace. Not propagated, so DEBUG does not print it twice.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }

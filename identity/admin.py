@@ -49,12 +49,16 @@ class OnlineFilter(admin.SimpleListFilter):
         return queryset
 
 
-@admin.action(description="Disconnect selected users (close their sockets)")
+# permissions=["change"]: without it Django offers actions to anyone who may
+# view the list; the staff API asks for the same permission (identity/api.py).
+@admin.action(description="Disconnect selected users (close their sockets)", permissions=["change"])
 def disconnect_users(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
     _withdraw_each(modeladmin, request, queryset, lambda pk: withdraw.disconnect(pk, Reason.KICKED))
 
 
-@admin.action(description="Revoke tokens of selected users (and close their sockets)")
+@admin.action(
+    description="Revoke tokens of selected users (and close their sockets)", permissions=["change"]
+)
 def revoke_users(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
     _withdraw_each(modeladmin, request, queryset, withdraw.revoke)
 

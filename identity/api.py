@@ -21,18 +21,37 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework_simplejwt import serializers as jwt_serializers
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.views import TokenObtainPairView
 
 from identity import push, registry, tokens, withdraw
 from identity.exceptions import IdentityError
 from identity.layers import LayerUnavailable
-from identity.protocol import Reason
+from identity.protocol import Reason, storable_text
+from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, SignInAddressThrottle
 
 logger = logging.getLogger(__name__)
 
 
 class TokenObtainSerializer(jwt_serializers.TokenObtainPairSerializer):
     """`POST /api/token/`: SimpleJWT's, unchanged (named here so settings point at us)."""
+
+
+class SignInView(TokenObtainPairView):
+    """`POST /api/token/`, throttled on failed attempts per account and per address."""
+
+    # The account first: it parses the body, and a malformed one stops here.
+    throttle_classes = [SignInAccountThrottle, SignInAddressThrottle]
+    throttles: list[FailedSignInThrottle] = []
+
+    def get_throttles(self) -> list[Any]:
+        self.throttles = super().get_throttles()
+        return self.throttles
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        failed = response.status_code == status.HTTP_401_UNAUTHORIZED
+        for throttle in self.throttles:
+            throttle.settle(failed)
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 class TokenRefreshSerializer(jwt_serializers.TokenRefreshSerializer):
@@ -42,14 +61,22 @@ class TokenRefreshSerializer(jwt_serializers.TokenRefreshSerializer):
     nothing of our revocations.
     """
 
+    token_class = tokens.CheckedRefreshToken
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
-        refresh = RefreshToken(attrs["refresh"])
+        refresh = self.token_class(attrs["refresh"])
         try:
             user = tokens.load_user(refresh.get(api_settings.USER_ID_CLAIM))
             tokens.check_user(user, int(refresh.get("iat", 0)))
         except IdentityError as exc:
             raise exceptions.AuthenticationFailed(exc.message, code=str(exc.code)) from exc
         return super().validate(attrs)
+
+
+class TokenBlacklistSerializer(jwt_serializers.TokenBlacklistSerializer):
+    """SimpleJWT's blacklist, refusing mistyped claims with a 401 instead of a 500."""
+
+    token_class = tokens.CheckedRefreshToken
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -74,16 +101,48 @@ class IsStaff(permissions.BasePermission):
         return bool(request.user and request.user.is_staff)
 
 
+def user_model_permission(action: str) -> str:
+    """The Django permission to `action` ("view", "change") the configured user model."""
+    opts = get_user_model()._meta
+    return f"{opts.app_label}.{action}_{opts.model_name}"
+
+
+class CanChangeUsers(permissions.BasePermission):
+    """The admin's rule for its disconnect and revoke actions: change permission on users."""
+
+    message = "This endpoint needs the permission to change users."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return request.user.has_perm(user_model_permission("change"))
+
+
+class CanViewUsers(permissions.BasePermission):
+    """The admin's rule for its user list: view (or change) permission on users."""
+
+    message = "This endpoint needs the permission to view users."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return any(user.has_perm(user_model_permission(a)) for a in ("view", "change"))
+
+
 class StaffView(APIView):
-    permission_classes = [permissions.IsAuthenticated, IsStaff]
+    # In order: no token is a 401, a non-staff user a 403 whatever the
+    # permissions, then the model permission the admin would ask for.
+    permission_classes = [permissions.IsAuthenticated, IsStaff, CanChangeUsers]
 
     def target(self, username: str) -> Any:
+        # PostgreSQL refuses NUL in a query parameter (a 500): no user has it.
+        if not storable_text(username):
+            raise Http404
         user_model = get_user_model()
         return get_object_or_404(user_model, **{user_model.USERNAME_FIELD: username})
 
 
 class OnlineView(StaffView):
     """`GET /api/online/`: who is online, across every process."""
+
+    permission_classes = [permissions.IsAuthenticated, IsStaff, CanViewUsers]
 
     def get(self, request: Request) -> Response:
         return Response({"users": [u.as_dict() for u in registry.online_users()]})

@@ -66,6 +66,16 @@ def heartbeat_expiry() -> float:
     return float(_get("IDENTITY_HEARTBEAT_EXPIRY"))
 
 
+def login_rate_per_account() -> str | None:
+    """Failed sign-ins allowed per username, as "N/period"; None turns the limit off."""
+    return getattr(settings, "IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min") or None
+
+
+def login_rate_per_address() -> str | None:
+    """Failed sign-ins allowed per client address, as "N/period"; None turns the limit off."""
+    return getattr(settings, "IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min") or None
+
+
 def allowed_origins() -> list[str]:
     """Exact origins from IDENTITY_ALLOWED_ORIGINS (empty: use the allowed hosts)."""
     return list(getattr(settings, "IDENTITY_ALLOWED_ORIGINS", []))

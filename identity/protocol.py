@@ -226,12 +226,26 @@ def validate_text(payload: Any) -> str:
     return payload
 
 
+def storable_text(value: str) -> bool:
+    """Whether a database can hold the string: no NUL, no lone surrogate."""
+    # PostgreSQL text refuses NUL; a lone surrogate (JSON's "\\ud800") is not UTF-8.
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_send(payload: Any) -> tuple[str, str]:
     """`send` payload: {"to": USERNAME, "text": TEXT}."""
     if not isinstance(payload, dict) or not isinstance(payload.get("to"), str):
         raise EnvelopeError(
             ErrorCode.INVALID_PAYLOAD, 'The payload must be {"to": USERNAME, "text": TEXT}.'
         )
-    if not payload["to"] or len(payload["to"]) > 150:
+    to = payload["to"]
+    # A username the database cannot hold is bad input, not a database outage.
+    if not to or len(to) > 150 or not storable_text(to):
         raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, '"to" must be a username.')
-    return payload["to"], validate_text(payload.get("text"))
+    return to, validate_text(payload.get("text"))

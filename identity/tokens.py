@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from rest_framework_simplejwt.exceptions import ExpiredTokenError, TokenError
 from rest_framework_simplejwt.settings import api_settings
-from rest_framework_simplejwt.tokens import AccessToken, Token, UntypedToken
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token, UntypedToken
 
 from identity import sql
 from identity.exceptions import (
@@ -27,6 +27,39 @@ from identity.exceptions import (
 
 # Raw strings longer than this are not tokens; refuse before decoding.
 MAX_TOKEN_LENGTH = 4096
+# The seconds datetime can hold (up to 9999-12-31): SimpleJWT turns exp into a
+# datetime and raises OverflowError or ValueError past it.
+MAX_EPOCH_SECONDS = 253_402_300_799
+
+
+def check_claim_types(payload: dict[str, Any]) -> None:
+    """Refuse time claims that are not seconds and user ids that are not str or int.
+
+    PyJWT accepts `"exp": "9999999999"` (it calls int()), then SimpleJWT's
+    check_exp raises TypeError, which callers would take for a server fault.
+    """
+    for claim in ("exp", "iat"):
+        if claim in payload and not _is_seconds(payload[claim]):
+            raise TokenError(f"Token claim {claim!r} is not a number of seconds.")
+    user_id = payload.get(api_settings.USER_ID_CLAIM)
+    if user_id is not None and (isinstance(user_id, bool) or not isinstance(user_id, str | int)):
+        raise TokenError(f"Token claim {api_settings.USER_ID_CLAIM!r} is not a string or integer.")
+
+
+class _ClaimTypesChecked(Token):
+    """Check the claims' types before SimpleJWT's own checks use them."""
+
+    def verify(self) -> None:
+        check_claim_types(self.payload)
+        super().verify()
+
+
+class CheckedUntypedToken(_ClaimTypesChecked, UntypedToken):
+    """An UntypedToken whose exp, iat and user id have the right types."""
+
+
+class CheckedRefreshToken(_ClaimTypesChecked, RefreshToken):
+    """A RefreshToken whose exp, iat and user id have the right types."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +76,11 @@ def verify_access_token(raw: Any) -> VerifiedToken:
     if not isinstance(raw, str) or not raw or len(raw) > MAX_TOKEN_LENGTH:
         raise TokenInvalid("The payload of auth must be an access token (a non-empty string).")
     token = _decode(raw)
-    if token.get(api_settings.TOKEN_TYPE_CLAIM) != AccessToken.token_type:
+    token_type = token.get(api_settings.TOKEN_TYPE_CLAIM)
+    if token_type is None:
+        # Not a token of another kind: a token that lacks a required claim.
+        raise TokenInvalid(f"The token lacks the {api_settings.TOKEN_TYPE_CLAIM!r} claim.")
+    if token_type != AccessToken.token_type:
         raise TokenWrongType()
     return _claims(token)
 
@@ -52,7 +89,7 @@ def _decode(raw: str) -> Token:
     try:
         # UntypedToken checks signature, algorithm, exp and jti but not the
         # type, so a refresh token can be told apart from garbage.
-        return UntypedToken(raw)
+        return CheckedUntypedToken(raw)
     except ExpiredTokenError as exc:
         raise TokenExpired() from exc
     except TokenError as exc:
@@ -68,7 +105,9 @@ def _claims(token: Token) -> VerifiedToken:
 
 
 def _is_seconds(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 <= value <= MAX_EPOCH_SECONDS
 
 
 def get_user(token: VerifiedToken) -> AbstractBaseUser:

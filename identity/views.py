@@ -16,26 +16,27 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "identity/index.html")
 
 
-def _wants_json(request: HttpRequest) -> bool:
+def wants_json(request: HttpRequest) -> bool:
+    """Whether the path belongs to the API (JSON errors) rather than to pages."""
     return request.path.startswith("/api/") or request.path.startswith("/healthz")
 
 
 def not_found(request: HttpRequest, exception: Any = None) -> HttpResponse:
     """404: JSON under /api/, Django's page elsewhere."""
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """500: JSON under /api/ (should never happen; the suite checks that)."""
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"detail": "Server error.", "code": "server_error"}, status=500)
     return defaults.server_error(request)
 
 
 def bad_request(request: HttpRequest, exception: Any = None) -> HttpResponse:
     """400: JSON under /api/."""
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
     return defaults.bad_request(request, exception)

@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from config.asgi import application
@@ -41,9 +42,20 @@ def bob(transactional_db: None) -> Any:
     return make_user("bob", email="bob@example.com")
 
 
+def grant(user: Any, *actions: str) -> Any:
+    """Give the user the model permissions to `actions` ("view", "change") users."""
+    opts = get_user_model()._meta
+    codenames = [f"{action}_{opts.model_name}" for action in actions]
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label=opts.app_label, codename__in=codenames)
+    )
+    return user
+
+
 @pytest.fixture
 def staff(transactional_db: None) -> Any:
-    return make_user("operator", is_staff=True)
+    """An operator: staff, allowed to view and change users (not a superuser)."""
+    return grant(make_user("operator", is_staff=True), "view", "change")
 
 
 def access_for(user: Any, lifetime: timedelta | None = None) -> str:

