@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-services lint serve bench bench-quick bench-workers browser clean
+.PHONY: run test test-services lint serve bench bench-quick bench-workers browser fuzz clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ test-services: $(STAMP)
 	elif [ "$(REQUIRE_SERVICES)" = 1 ]; then \
 	  echo "REQUIRE_SERVICES=1 but PostgreSQL (5432) or Redis (6379) is not reachable"; exit 1; \
 	else echo "skipped: the suite on PostgreSQL and Redis (not reachable on 127.0.0.1)"; fi
+
+# The long fuzz run (tests/fuzz.py): random seed (printed; FUZZ_SEED=N replays it),
+# stops after FUZZ_SECONDS and prints the inputs tried. `make test` runs a fixed-seed
+# short one (tests/test_fuzz.py).
+FUZZ_SECONDS ?= 120
+FUZZ_SEED ?=
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
