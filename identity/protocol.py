@@ -84,6 +84,14 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
     Reason.RATE_LIMITED: CloseCode.TOO_MANY,
 }
 
+
+class Refusal(StrEnum):
+    """Why a handshake was refused with HTTP 429 (the `code` of the JSON body)."""
+
+    TOO_MANY_ANONYMOUS = "too_many_anonymous"
+    HANDSHAKE_RATE = "handshake_rate"
+
+
 # Actions a socket may use before it has an identity.
 ANONYMOUS_ACTIONS = frozenset({Action.AUTH, Action.WHOAMI, Action.LOGOUT, Action.PING})
 
