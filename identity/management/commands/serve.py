@@ -54,7 +54,8 @@ class Command(BaseCommand):
             "--workers", str(options["workers"]),
             "--ws-max-size", str(conf.max_frame_bytes()),
             "--loop", "uvloop",
-            "--http", "httptools",
+            # httptools plus a deadline and a size bound on request headers.
+            "--http", "identity.uvicorn_compat:GuardedHttpToolsProtocol",
             "--ws", "websockets-sansio",
             "--lifespan", "off",
             "--proxy-headers",
