@@ -7,6 +7,11 @@ buffers a header of any size. Measured before this class: a connection that
 sent half a request, or a 60 KB header, was held with no answer for as long
 as the client liked (docs/deploy.md, "Limits and abuse").
 
+Also WebSocketsSansIOProtocol (`--ws`), minus a false "ASGI callable returned
+without completing handshake" error logged after every handshake the app
+refused with an HTTP response (identity.guard's 429): one log line per
+refused handshake would be a log flood under a connection flood.
+
 Now a request whose headers are not complete within IDENTITY_HANDSHAKE_TIMEOUT
 gets 408, and one whose headers pass MAX_HEADER_BYTES (or a WebSocket
 handshake with one header line past MAX_LINE_BYTES, which the websockets
@@ -19,6 +24,7 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from identity import conf
 
@@ -131,3 +137,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+
+
+class QuietRefusalWebSocketProtocol(WebSocketsSansIOProtocol):
+    """websockets-sansio, counting an HTTP response to the handshake as its completion."""
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True

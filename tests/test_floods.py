@@ -189,3 +189,11 @@ def test_a_10_kb_header_line_is_refused_at_once_by_uvicorn(server):
     seconds, answer = held(server.port, request)
     assert seconds < 1
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+
+
+def test_refused_handshakes_log_no_errors(server):
+    # Runs after the refusals above: one log line per refusal would be a log
+    # flood under a connection flood (uvicorn logged a false ERROR for each).
+    output = server.output()
+    assert "ERROR" not in output
+    assert "Traceback" not in output

@@ -56,7 +56,8 @@ class Command(BaseCommand):
             "--loop", "uvloop",
             # httptools plus a deadline and a size bound on request headers.
             "--http", "identity.uvicorn_compat:GuardedHttpToolsProtocol",
-            "--ws", "websockets-sansio",
+            # websockets-sansio without a false error logged per refused handshake.
+            "--ws", "identity.uvicorn_compat:QuietRefusalWebSocketProtocol",
             "--lifespan", "off",
             "--proxy-headers",
             "--forwarded-allow-ips", options["forwarded_allow_ips"],
