@@ -11,12 +11,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Build Django first: importing the routing loads models.
 django_asgi_app = get_asgi_application()
 
+from identity.guard import Guard  # noqa: E402
 from identity.origins import OriginValidator  # noqa: E402
 from identity.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": OriginValidator(websocket_application),
+        # The guard first: refused-Origin handshakes count toward the rate too.
+        "websocket": Guard(OriginValidator(websocket_application)),
     }
 )

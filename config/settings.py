@@ -253,6 +253,12 @@ IDENTITY_HEARTBEAT_EXPIRY = env_number("IDENTITY_HEARTBEAT_EXPIRY", 15)
 # Failed `POST /api/token/` per username and per client address (429 past it).
 IDENTITY_LOGIN_RATE_PER_ACCOUNT = env_rate("IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min")
 IDENTITY_LOGIN_RATE_PER_ADDRESS = env_rate("IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min")
+# Per client address and server process (identity.guard); 0 turns each off.
+IDENTITY_MAX_ANONYMOUS_PER_ADDRESS = int(env_number("IDENTITY_MAX_ANONYMOUS_PER_ADDRESS", 50))
+IDENTITY_HANDSHAKE_RATE = env_number("IDENTITY_HANDSHAKE_RATE", 20)
+IDENTITY_HANDSHAKE_BURST = env_number("IDENTITY_HANDSHAKE_BURST", 40)
+# Seconds to send the request headers (identity.daphne_compat, identity.uvicorn_compat).
+IDENTITY_HANDSHAKE_TIMEOUT = env_number("IDENTITY_HANDSHAKE_TIMEOUT", 10)
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.

@@ -14,6 +14,10 @@ DEFAULTS: dict[str, float] = {
     "IDENTITY_MAX_CONNECTIONS_PER_USER": 0,
     "IDENTITY_HEARTBEAT_INTERVAL": 5,
     "IDENTITY_HEARTBEAT_EXPIRY": 15,
+    "IDENTITY_MAX_ANONYMOUS_PER_ADDRESS": 50,
+    "IDENTITY_HANDSHAKE_RATE": 20,
+    "IDENTITY_HANDSHAKE_BURST": 40,
+    "IDENTITY_HANDSHAKE_TIMEOUT": 10,
 }
 
 
@@ -74,6 +78,26 @@ def login_rate_per_account() -> str | None:
 def login_rate_per_address() -> str | None:
     """Failed sign-ins allowed per client address, as "N/period"; None turns the limit off."""
     return getattr(settings, "IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min") or None
+
+
+def max_anonymous_per_address() -> int:
+    """Sockets without an identity one address may hold in a process; 0 is no limit."""
+    return int(_get("IDENTITY_MAX_ANONYMOUS_PER_ADDRESS"))
+
+
+def handshake_rate() -> float:
+    """WebSocket handshakes per second one address may sustain in a process; 0 is no limit."""
+    return float(_get("IDENTITY_HANDSHAKE_RATE"))
+
+
+def handshake_burst() -> float:
+    """WebSocket handshakes one address may start at once; 0 turns the rate limit off."""
+    return float(_get("IDENTITY_HANDSHAKE_BURST"))
+
+
+def handshake_timeout() -> float:
+    """Seconds a connection has to send its request headers; 0 is no limit."""
+    return float(_get("IDENTITY_HANDSHAKE_TIMEOUT"))
 
 
 def allowed_origins() -> list[str]:

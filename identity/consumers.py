@@ -23,7 +23,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, heartbeat, push, registry, sessions, timers
+from identity import conf, guard, heartbeat, push, registry, sessions, timers
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
 from identity.logs import throttled
@@ -440,6 +440,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     def set_identity(self, user: Any, expires_at: int) -> None:
         self.user, self.expires_at = user, expires_at
         self.scope["user"] = user
+        guard.authenticated(self.scope)  # stops counting as anonymous (identity.guard)
         remaining, notice = expires_at - time.time(), conf.expiry_notice()
         if 0 < notice < remaining:  # a notice of 0 turns the `expiring` hint off
             self.start_timer(remaining - notice, self.on_expiring)
@@ -457,6 +458,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         user, subscribed = self.user, self.subscribed
         if user is None:
             return
+        guard.anonymous(self.scope)  # counts as anonymous again (identity.guard)
         self.user = self.expires_at = None
         self.subscribed = False
         self.scope.pop("user", None)

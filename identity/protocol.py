@@ -93,6 +93,14 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
 # Reasons after which the client may connect again with the token it has.
 RECONNECT_REASONS = frozenset({Reason.AUTH_TIMEOUT, Reason.SLOW_READER})
 
+
+class Refusal(StrEnum):
+    """Why a handshake was refused with HTTP 429 (the `code` of the JSON body)."""
+
+    TOO_MANY_ANONYMOUS = "too_many_anonymous"
+    HANDSHAKE_RATE = "handshake_rate"
+
+
 # Actions a socket may use before it has an identity.
 ANONYMOUS_ACTIONS = frozenset({Action.AUTH, Action.WHOAMI, Action.LOGOUT, Action.PING})
 

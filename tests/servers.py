@@ -34,6 +34,10 @@ def base_env(**overrides: str) -> dict[str, str]:
         DJANGO_DEBUG="1",
         DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1",
         PYTHONUNBUFFERED="1",
+        # Tests open many sockets from 127.0.0.1: the per-address limits
+        # (identity.guard) are off unless a test turns them on.
+        IDENTITY_MAX_ANONYMOUS_PER_ADDRESS="0",
+        IDENTITY_HANDSHAKE_RATE="0",
     )
     env.update(overrides)
     return env

@@ -17,6 +17,10 @@ IDENTITY_LOGIN_RATE_PER_ADDRESS = None
 # Tests drive the heartbeat themselves (identity.heartbeat.beat_once).
 IDENTITY_HEARTBEAT_INTERVAL = 0
 IDENTITY_HEARTBEAT_EXPIRY = 3600
+# The whole suite connects from one address through one application instance:
+# the per-address limits (identity.guard) are off unless a test turns them on.
+IDENTITY_MAX_ANONYMOUS_PER_ADDRESS = 0
+IDENTITY_HANDSHAKE_RATE = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

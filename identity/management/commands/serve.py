@@ -54,8 +54,10 @@ class Command(BaseCommand):
             "--workers", str(options["workers"]),
             "--ws-max-size", str(conf.max_frame_bytes()),
             "--loop", "uvloop",
-            "--http", "httptools",
-            "--ws", "websockets-sansio",
+            # httptools plus a deadline and a size bound on request headers.
+            "--http", "identity.uvicorn_compat:GuardedHttpToolsProtocol",
+            # websockets-sansio without a false error logged per refused handshake.
+            "--ws", "identity.uvicorn_compat:QuietRefusalWebSocketProtocol",
             "--lifespan", "off",
             "--proxy-headers",
             "--forwarded-allow-ips", options["forwarded_allow_ips"],
