@@ -37,7 +37,9 @@ from identity.protocol import (
     ErrorCode,
     Reason,
     auth_failure,
+    decode,
     disconnect_push,
+    encode,
     error_frame,
     frame,
     parse_envelope,
@@ -87,6 +89,16 @@ class TokenBucket:
     def flooding(self) -> bool:
         """True once refusals in the window exceed the burst."""
         return self.refusals is not None and len(self.refusals) > self.burst
+
+
+async def uncancellable(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run COROUTINE to its end, even if the caller is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 class IdentityConsumer(AsyncJsonWebsocketConsumer):
@@ -159,7 +171,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # However the socket ends (close, reset, a failed send, cancellation,
             # server shutdown), it leaves the registry, its groups and its timers.
-            await asyncio.shield(self.end(detach))
+            await uncancellable(self.end(detach))
 
     async def serve(self, receive: Any) -> None:
         """Take client frames one at a time until the socket ends."""
@@ -232,10 +244,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
-        return orjson.loads(text_data)
+        return decode(text_data)
 
     async def send_json(self, content: Any, close: bool = False) -> None:
-        await self.transmit({"type": "websocket.send", "text": orjson.dumps(content).decode()})
+        await self.transmit({"type": "websocket.send", "text": encode(content)})
         if close:
             await self.transmit({"type": "websocket.close"})
 
@@ -274,8 +286,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def handle_text(self, text: str) -> None:
         """Decode, validate and dispatch one client frame."""
         try:
-            content = await self.decode_json(text)
-        except orjson.JSONDecodeError:  # also: nested past 1,024 levels, ints past 64 bits
+            content = decode(text)
+        except orjson.JSONDecodeError:  # also: nested past 1,024 levels
             await self.send_json(error_frame(ErrorCode.INVALID_JSON))
             return
         try:
@@ -463,6 +475,12 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.subscribed = False
         self.scope.pop("user", None)
         groups = [push.user_group(user.pk)] + ([push.PRESENCE_GROUP] if subscribed else [])
+        # A server shutting down cancels the socket once and exits when it
+        # returns: leaving the registry must not stop halfway.
+        await uncancellable(self.leave(user, groups))
+
+    async def leave(self, user: Any, groups: list[str]) -> None:
+        """Leave GROUPS and the registry (pushing `offline` if it was the user's last socket)."""
         try:
             for group in groups:
                 await self.channel_layer.group_discard(group, self.channel_name)

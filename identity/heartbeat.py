@@ -10,6 +10,7 @@ interval per process, whatever the number of sockets.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import weakref
 
@@ -34,7 +35,19 @@ def ensure_running() -> None:
     loop = asyncio.get_running_loop()
     task = _tasks.get(loop)
     if task is None or task.done():
+        if not _tasks:
+            # Not every server gives its sockets a chance to leave when it
+            # stops (daphne exits without resuming them), so the process
+            # itself retires its sockets as it exits.
+            atexit.register(_retire)
         _tasks[loop] = loop.create_task(_beat_forever(), name="identity-heartbeat")
+
+
+def _retire() -> None:
+    try:
+        registry.retire()
+    except Exception:
+        logger.warning("could not retire this process's sockets", exc_info=True)
 
 
 async def _beat_forever() -> None:

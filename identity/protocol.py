@@ -6,6 +6,8 @@ module (consumer, push API, views) speaks it through the same names.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -165,10 +167,31 @@ def parse_envelope(content: Any) -> Envelope:
     return Envelope(action, content.get("payload"), ref)
 
 
+def decode(text: str) -> Any:
+    """A client frame's JSON; raises orjson.JSONDecodeError if it is not JSON."""
+    content = orjson.loads(text)
+    # orjson reads integers past 64 bits as floats; a ref comes back exactly as sent.
+    if type(content) is dict and type(content.get("ref")) is float:
+        with contextlib.suppress(RecursionError):
+            content = json.loads(text)
+    return content
+
+
+def encode(content: Any) -> str:
+    """A server frame as text (raises orjson.JSONEncodeError if nested past 255 levels)."""
+    try:
+        return orjson.dumps(content).decode()
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        # An integer ref past 64 bits, carried back exactly.
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+
+
 def peek(text: str) -> tuple[str | None, str | int | None]:
     """The action and valid `ref` of a raw frame, where it has them (to answer a refusal)."""
     try:
-        content = orjson.loads(text)
+        content = decode(text)
     except orjson.JSONDecodeError:
         return None, None
     if not isinstance(content, dict):

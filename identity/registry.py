@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
@@ -177,6 +177,19 @@ def heartbeat() -> list[tuple[int, str]]:
         create_defaults={"started_at": now, "heartbeat_at": now},
     )
     return purge_dead_servers()
+
+
+# A heartbeat that old marks a process that said goodbye.
+RETIRED = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def retire() -> None:
+    """This process is exiting: its sockets stop counting now, not at the heartbeat expiry.
+
+    Its rows stay for a living process's next heartbeat to purge, which also
+    pushes `offline` for the users who went with it.
+    """
+    ServerProcess.objects.filter(id=SERVER_ID).update(heartbeat_at=RETIRED)
 
 
 def purge_dead_servers() -> list[tuple[int, str]]:

@@ -23,6 +23,10 @@ class FailedSignInThrottle(SimpleRateThrottle):
 
     recorded_at: float | None = None
 
+    def allow_request(self, request: Request, view: Any) -> bool:
+        # Only a POST is a sign-in; another method is answered 405 without a body read.
+        return request.method != "POST" or super().allow_request(request, view)
+
     def get_rate(self) -> str | None:
         raise NotImplementedError
 

@@ -10,7 +10,9 @@ as the client liked (docs/deploy.md, "Limits and abuse").
 Also WebSocketsSansIOProtocol (`--ws`), minus a false "ASGI callable returned
 without completing handshake" error logged after every handshake the app
 refused with an HTTP response (identity.guard's 429): one log line per
-refused handshake would be a log flood under a connection flood.
+refused handshake would be a log flood under a connection flood. For the same
+reason a text frame that is not UTF-8 (closed 1007) is one throttled line,
+not a traceback each (any anonymous client can send them).
 
 Now a request whose headers are not complete within IDENTITY_HANDSHAKE_TIMEOUT
 gets 408, and one whose headers pass MAX_HEADER_BYTES (or a WebSocket
@@ -21,12 +23,14 @@ library would refuse without answering) gets 431; both are closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from identity import conf
+from identity.logs import throttled
 
 # As daphne (twisted): request line plus headers. Browsers send a few KiB.
 MAX_HEADER_BYTES = 16384
@@ -139,10 +143,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-class QuietRefusalWebSocketProtocol(WebSocketsSansIOProtocol):
-    """websockets-sansio, counting an HTTP response to the handshake as its completion."""
+class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
+    """websockets-sansio, without log lines a client can provoke at will."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = OneLineInvalidText(self.logger)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
+
+
+class OneLineInvalidText:
+    """uvicorn's logger, with its traceback per non-UTF-8 text frame made one throttled line."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if message.startswith("Invalid UTF-8"):
+            throttled(self.logger, "invalid-utf8", "a text frame was not UTF-8: closed 1007")
+        else:
+            self.logger.exception(message, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)

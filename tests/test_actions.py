@@ -120,6 +120,19 @@ async def test_a_64_character_ref_is_echoed(connect, transactional_db):
     assert (await client.request("ping", 1, ref="r" * 64))["ref"] == "r" * 64
 
 
+@pytest.mark.parametrize("ref", [2**64, -(2**63) - 1, 10**30])
+async def test_an_integer_ref_past_64_bits_is_echoed_exactly(connect, transactional_db, ref):
+    client = await connect()
+    await client.send_text(json.dumps({"action": "ping", "payload": 1, "ref": ref}))
+    assert json.loads(await client.communicator.receive_from(3)) == {
+        "action": "pong",
+        "payload": 1,
+        "ref": ref,
+    }
+    await client.send_text(json.dumps({"action": "dance", "ref": ref}))
+    assert json.loads(await client.communicator.receive_from(3))["ref"] == ref
+
+
 async def test_unknown_action_is_unknown_action_with_ref(connect, transactional_db):
     client = await connect()
     reply = await client.request("dance", None, ref="d")

@@ -2,8 +2,8 @@
 
 Each test starts its own server (tests/fuzz.py): hostile frames and HTTP bodies
 from hypothesis, derandomized so every run tries the same inputs, while three
-honest sockets keep chatting. The xfail tests hold properties that fail on
-today's code, one each, so that removing the xfail is all a fix needs.
+honest sockets keep chatting. The two xfail tests hold properties the server
+does not keep, each for a reason given in its mark.
 """
 
 from __future__ import annotations
@@ -82,12 +82,6 @@ def test_hostile_frames_keep_the_protocol_on_uvicorn():
     assert fuzz.stats["inputs"] == FRAME_EXAMPLES // 2  # every input was tried
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="uvicorn logs a traceback (UnicodeDecodeError in websockets_sansio_impl) for a "
-    "text frame that is not UTF-8",
-)
 def test_invalid_utf8_frames_leave_no_traceback_on_uvicorn():
     fuzz = Fuzz(UVICORN, honest=False).start()
     strategy = hostile_examples(fuzz.tokens, exclude=CATEGORIES - {"invalid_utf8"})
@@ -96,12 +90,6 @@ def test_invalid_utf8_frames_leave_no_traceback_on_uvicorn():
     fuzz.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="JSON bodies nested past Python's recursion limit are answered 500 by the token "
-    "endpoints (RecursionError in DRF's JSONParser)",
-)
 def test_deeply_nested_http_bodies_are_400_not_500(known):
     fuzz_shared(known, deep_http_examples(), KNOWN_EXAMPLES, "deep JSON")
 
@@ -109,17 +97,15 @@ def test_deeply_nested_http_bodies_are_400_not_500(known):
 @pytest.mark.xfail(
     strict=True,
     raises=Violation,
-    reason="a multipart/form-data body that is not multipart is answered 400 with an empty, "
-    "non-JSON body",
+    reason="daphne only: twisted.web parses a multipart/form-data body itself and answers a "
+    "malformed one 400 with an empty body before Django sees it (uvicorn, the production "
+    "server, answers 415 with JSON); runserver is for development",
 )
 def test_multipart_bodies_get_json_errors(known):
     strategy = http_examples(content_types=MULTIPART_TYPES)
     fuzz_shared(known, strategy, KNOWN_EXAMPLES, "multipart")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=Violation, reason="rate_limited errors carry no ref (PROTOCOL.md rule 1)"
-)
 def test_rate_limited_errors_carry_the_ref():
     fuzz = Fuzz(DAPHNE, honest=False, IDENTITY_RATE_LIMIT="0.01", IDENTITY_RATE_BURST="3").start()
     floods = st.lists(valid_refs.filter(lambda r: r is not None), min_size=5, max_size=6)
@@ -128,12 +114,6 @@ def test_rate_limited_errors_carry_the_ref():
     fuzz.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="an integer ref past 64 bits is decoded as a float by orjson, so it is refused "
-    "as invalid_message without its ref",
-)
 def test_integer_refs_past_64_bits_are_carried(known):
     fuzz_shared(known, hostile_of(huge_ref_frames()), KNOWN_EXAMPLES, "huge refs")
 
@@ -141,7 +121,8 @@ def test_integer_refs_past_64_bits_are_carried(known):
 @pytest.mark.xfail(
     strict=True,
     raises=Violation,
-    reason="pong echoes an integer past 64 bits as a float (orjson), not the same payload",
+    reason="documented in docs/protocol.md section 8: pong echoes an integer past 64 bits as "
+    "the float orjson reads it as (the same number to a JavaScript client)",
 )
 def test_ping_echoes_integers_past_64_bits_unchanged(known):
     strategy = hostile_of(huge_echo_frames())

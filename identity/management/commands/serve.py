@@ -57,7 +57,7 @@ class Command(BaseCommand):
             # httptools plus a deadline and a size bound on request headers.
             "--http", "identity.uvicorn_compat:GuardedHttpToolsProtocol",
             # websockets-sansio without a false error logged per refused handshake.
-            "--ws", "identity.uvicorn_compat:QuietRefusalWebSocketProtocol",
+            "--ws", "identity.uvicorn_compat:QuietWebSocketProtocol",
             "--lifespan", "off",
             "--proxy-headers",
             "--forwarded-allow-ips", options["forwarded_allow_ips"],
