@@ -14,6 +14,7 @@ DEFAULTS: dict[str, float] = {
     "IDENTITY_MAX_CONNECTIONS_PER_USER": 0,
     "IDENTITY_HEARTBEAT_INTERVAL": 5,
     "IDENTITY_HEARTBEAT_EXPIRY": 15,
+    "IDENTITY_WITHDRAWAL_POLL": 0.25,
 }
 
 
@@ -64,6 +65,11 @@ def heartbeat_interval() -> float:
 def heartbeat_expiry() -> float:
     """Seconds without a heartbeat after which a process's sockets count as gone."""
     return float(_get("IDENTITY_HEARTBEAT_EXPIRY"))
+
+
+def withdrawal_poll() -> float:
+    """Seconds between a process's looks for withdrawal requests (in-memory layer); 0 is off."""
+    return float(_get("IDENTITY_WITHDRAWAL_POLL"))
 
 
 def allowed_origins() -> list[str]:

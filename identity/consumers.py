@@ -465,9 +465,22 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def identity_disconnect(self, event: dict[str, Any]) -> None:
         """The server withdrew this socket's identity: push the reason and close."""
-        if self.user is None:
-            return  # logged out since the event was sent: nothing to withdraw
-        await self.close_socket(Reason(event["reason"]))
+        withdrawn = self.user is not None
+        if withdrawn:  # else logged out since the event was sent: nothing to withdraw
+            await self.close_socket(Reason(event["reason"]))
+        await self.acknowledge_withdrawal(event, withdrawn)
+
+    async def acknowledge_withdrawal(self, event: dict[str, Any], closed: bool) -> None:
+        """Tell the withdrawal's sender (its `reply_to`) whether this socket gave up an identity."""
+        if not event.get("reply_to"):
+            return
+        ack = {"type": push.ACK_EVENT, "channel": self.channel_name, "closed": closed}
+        try:
+            await self.channel_layer.send(event["reply_to"], ack)
+        except Exception:  # the sender counts it as unanswered; the socket is closed anyway
+            logger.warning(
+                "could not acknowledge a withdrawal of %s", self.channel_name, exc_info=True
+            )
 
     async def identity_push(self, event: dict[str, Any]) -> None:
         """A frame for every socket of this user (e.g. `direct`)."""

@@ -13,6 +13,8 @@ from config.settings import *  # noqa: F403
 # Tests drive the heartbeat themselves (identity.heartbeat.beat_once).
 IDENTITY_HEARTBEAT_INTERVAL = 0
 IDENTITY_HEARTBEAT_EXPIRY = 3600
+# and the withdrawal-request poll (identity.heartbeat.poll_once).
+IDENTITY_WITHDRAWAL_POLL = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
