@@ -85,8 +85,13 @@ def _withdraw_each(modeladmin: Any, request: HttpRequest, queryset: QuerySet, ac
                     request, withdraw.failure(user.get_username(), exc), messages.ERROR
                 )
             else:
-                text = withdraw.outcome(user.get_username(), closed)
-                modeladmin.message_user(request, f"{text}.", messages.SUCCESS)
+                text = _said(withdraw.outcome(user.get_username(), closed))
+                modeladmin.message_user(request, text, messages.SUCCESS)
+
+
+def _said(text: str) -> str:
+    """An outcome as an admin message, which capitalises its first letter: not a username's."""
+    return f"{text}." if text[:1].isupper() or not text[:1].isalpha() else f"User {text}."
 
 
 def _actor(request: HttpRequest) -> str:
@@ -98,7 +103,7 @@ def _reporting(modeladmin: Any, request: HttpRequest) -> Any:
 
     def report(succeeded: bool, text: str) -> None:
         level = messages.SUCCESS if succeeded else messages.ERROR
-        modeladmin.message_user(request, f"{text}.", level)
+        modeladmin.message_user(request, _said(text) if succeeded else text, level)
 
     return withdraw.acting_as(_actor(request), report)
 
@@ -276,7 +281,7 @@ class ConnectionAdmin(admin.ModelAdmin):
                 except withdraw.Unreached as exc:
                     self.message_user(request, withdraw.failure(username, exc), messages.ERROR)
         for username, count in closed.items():
-            self.message_user(request, f"{withdraw.outcome(username, count)}.", messages.SUCCESS)
+            self.message_user(request, _said(withdraw.outcome(username, count)), messages.SUCCESS)
 
 
 @admin.register(ServerProcess)

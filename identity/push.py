@@ -71,9 +71,10 @@ class LayerUnreachable(Exception):
     `closed` is how many sockets were closed elsewhere (0: nothing was).
     """
 
-    def __init__(self, message: str, closed: int = 0) -> None:
-        super().__init__(message)
-        self.closed = closed
+    def __init__(self, closed: int, missed: str) -> None:
+        head = "nothing closed" if closed == 0 else f"only {closed} socket(s) closed"
+        super().__init__(f"{head}: {missed}")
+        self.closed, self.missed = closed, missed
 
 
 def _layer() -> Any:
@@ -90,11 +91,6 @@ def _split(connections: list[Any]) -> tuple[int, dict[str, int]]:
     """How many sockets this process's layer reaches; per other process, those it does not."""
     elsewhere = Counter(c.server_id for c in connections if _elsewhere(c.server_id))
     return len(connections) - sum(elsewhere.values()), dict(elsewhere)
-
-
-def _unreached(closed: int, missed: str) -> str:
-    head = "nothing closed" if closed == 0 else f"only {closed} socket(s) closed"
-    return f"{head}: {missed}"
 
 
 async def send_to_user(user_id: int, action: str, payload: Any) -> None:
@@ -128,7 +124,7 @@ async def disconnect_user(
     closed_here, (closed_there, missed) = await asyncio.gather(event, relayed)
     closed = closed_here + closed_there
     if missed:
-        raise LayerUnreachable(_unreached(closed, missed), closed)
+        raise LayerUnreachable(closed, missed)
     return closed
 
 
@@ -139,7 +135,7 @@ async def disconnect_connection(channel_name: str, reason: Reason) -> int:
         user_id, server_id = owner
         closed, missed = await _relay({server_id: 1}, user_id, reason, channel_name=channel_name)
         if missed:
-            raise LayerUnreachable(_unreached(closed, missed), closed)
+            raise LayerUnreachable(closed, missed)
         return closed
     return await withdraw_here(channel_name, reason, expected=1, group=False)
 
@@ -228,14 +224,17 @@ async def _await_relayed(ids: list[int]) -> dict[int, int]:
     while True:
         current = await statuses(ids)
         done = {pk: s.closed for pk, s in current.items() if s.closed is not None}
-        if len(done) == len(ids) or loop.time() >= deadline:
-            if cancelled or len(done) == len(ids):
-                return done
+        if len(done) == len(current):  # all done, or the rest cancelled
+            return done
+        if loop.time() < deadline:
+            await asyncio.sleep(RELAY_POLL)
+        elif cancelled:
+            return done
+        else:
             # Too late: unstarted requests must never run now; started ones
             # (a process mid-withdrawal) get the time their sockets have to answer.
             await database_sync_to_async(relay.cancel_unstarted)(ids)
             cancelled, deadline = True, loop.time() + ACK_TIMEOUT + RELAY_POLL
-        await asyncio.sleep(RELAY_POLL)
 
 
 async def online_users() -> list[registry.OnlineUser]:

@@ -72,10 +72,12 @@ def outcome(username: str, closed: int) -> str:
 
 
 def failure(username: str, exc: Exception) -> str:
-    """What a failed withdrawal did (LayerUnreachable says what closed; Redis down: nothing)."""
+    """What a failed withdrawal did: "nothing closed for alice: WHY"."""
+    if isinstance(exc, push.LayerUnreachable) and exc.closed:
+        return f"only {outcome(username, exc.closed)}: {exc.missed}"
     if isinstance(exc, push.LayerUnreachable):
-        return f"{username}: {exc}"
-    return f"{username}: nothing closed: {exc}"
+        return f"nothing closed for {username}: {exc.missed}"
+    return f"nothing closed for {username}: {exc}"  # the channel layer (Redis) is down
 
 
 def revoke_tokens(user_id: int) -> None:

@@ -205,7 +205,7 @@ async def test_a_stalled_server_process_is_reported_and_never_withdraws_later(tm
         finally:
             server.process.send_signal(signal.SIGCONT)
         assert status != 0 and out == ""
-        assert "alice: nothing closed: 1 socket(s) held by server process(es)" in err
+        assert "nothing closed for alice: 1 socket(s) held by server process(es)" in err
         assert "were not closed: no answer within 3s" in err
         # The cancelled request does not run once the process wakes up.
         await asyncio.sleep(1.0)
