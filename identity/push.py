@@ -20,6 +20,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import DatabaseError
 
 from identity import registry, relay
 from identity.layers import release
@@ -197,9 +198,13 @@ async def _relay(
     The second item is empty when every process answered, else a sentence
     saying which sockets were not closed.
     """
-    ids = await database_sync_to_async(relay.request)(
-        sockets_by_server, user_id, str(reason), channel_name, offline_username
-    )
+    try:
+        ids = await database_sync_to_async(relay.request)(
+            sockets_by_server, user_id, str(reason), channel_name, offline_username
+        )
+    except DatabaseError as exc:
+        count = sum(sockets_by_server.values())
+        return 0, f"{count} socket(s) held by other server process(es): no request sent ({exc})"
     try:
         done = await _await_relayed(list(ids))
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 
 from identity.models import WithdrawalRequest
@@ -42,17 +43,18 @@ def request(
     """Address one withdrawal to each server process; request id -> server id."""
     now = timezone.now()
     ids = {}
-    for server_id, sockets in sockets_by_server.items():
-        row = WithdrawalRequest.objects.create(
-            server_id=server_id,
-            user_id=user_id,
-            channel_name=channel_name,
-            reason=reason,
-            sockets=sockets,
-            offline_username=offline_username,
-            requested_at=now,
-        )
-        ids[row.pk] = server_id
+    with transaction.atomic():  # all or none: a half-written set would run unawaited
+        for server_id, sockets in sockets_by_server.items():
+            row = WithdrawalRequest.objects.create(
+                server_id=server_id,
+                user_id=user_id,
+                channel_name=channel_name,
+                reason=reason,
+                sockets=sockets,
+                offline_username=offline_username,
+                requested_at=now,
+            )
+            ids[row.pk] = server_id
     return ids
 
 

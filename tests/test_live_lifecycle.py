@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 import time
 
@@ -189,6 +191,28 @@ async def test_deactivating_a_user_from_the_shell_closes_their_socket(server, da
     assert "deactivation of alice" in err and "by shell" in err
 
 
+def stop_outside_a_transaction(server: LiveServer, database: Database) -> None:
+    """SIGSTOP the server, but not while it holds SQLite's write lock.
+
+    A process stopped mid-transaction would block every writer, the command too
+    (SQLite's nature, not the withdrawal's): retry until the lock is free.
+    """
+    assert server.process is not None
+    path = database.env["DATABASE_URL"].removeprefix("sqlite:///")
+    while True:
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            with contextlib.closing(
+                sqlite3.connect(path, timeout=0.05, isolation_level=None)
+            ) as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            server.process.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+
+
 async def test_a_stalled_server_process_is_reported_and_never_withdraws_later(tmp_path):
     # A longer expiry: the stopped process's sockets must still count as live
     # while the command starts.
@@ -198,8 +222,7 @@ async def test_a_stalled_server_process_is_reported_and_never_withdraws_later(tm
     server = LiveServer(database.env).start()
     try:
         ws = await authed(server, database, "alice")
-        assert server.process is not None
-        server.process.send_signal(signal.SIGSTOP)
+        stop_outside_a_transaction(server, database)
         try:
             status, out, err = await run_manage(database.env, "disconnect", "alice")
         finally:

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import OperationalError
 from django.utils import timezone
 
 from identity import heartbeat, push, registry, relay
@@ -91,3 +92,19 @@ async def test_deleting_a_user_whose_sockets_cannot_be_reached_warns(
     assert len(warnings) == 1, caplog.text
     assert "delete of alice" in warnings[0].getMessage()
     assert "nothing closed for alice: 1 socket(s) held by" in warnings[0].getMessage()
+
+
+async def test_a_database_that_refuses_the_request_closes_nothing(alice, in_memory, monkeypatch):
+    await adb(socket_elsewhere)(alice.pk)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(relay, "request", locked)
+    with pytest.raises(push.LayerUnreachable) as raised:
+        await push.disconnect_user(alice.pk, push.Reason.KICKED)
+    assert raised.value.closed == 0
+    assert str(raised.value) == (
+        "nothing closed: 1 socket(s) held by other server process(es): "
+        "no request sent (database is locked)"
+    )
