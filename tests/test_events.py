@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from channels.layers import get_channel_layer
 
 from identity import consumers, push
 from tests.conftest import access_for
@@ -34,7 +35,8 @@ async def test_a_disconnect_sent_mid_frame_waits_for_that_frames_reply(
     client = await connect(access_for(alice))
     await client.send("presence", ref="p")
     await asyncio.wait_for(entered.wait(), 3)
-    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    # The kick waits for the socket's acknowledgement, which comes after the frame.
+    kick = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
     await client.assert_silent()  # not closed under the pending `presence`
     release.set()
     reply = await client.receive()
@@ -43,6 +45,7 @@ async def test_a_disconnect_sent_mid_frame_waits_for_that_frames_reply(
     pushed = await client.receive()
     assert (pushed["action"], pushed["payload"]["reason"]) == ("disconnect", "kicked")
     assert await client.receive_close() == 4403
+    assert await kick == 1
 
 
 async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, stalled_presence):
@@ -61,7 +64,7 @@ async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, 
 
 
 async def test_a_withdrawal_is_never_dropped_however_backed_up_the_socket_is(
-    alice, connect, stalled_presence
+    alice, connect, stalled_presence, monkeypatch
 ):
     entered, release = stalled_presence
     client = await connect(access_for(alice))
@@ -69,8 +72,20 @@ async def test_a_withdrawal_is_never_dropped_however_backed_up_the_socket_is(
     await asyncio.wait_for(entered.wait(), 3)
     for n in range(consumers.EVENT_BACKLOG):
         await push.send_to_user(alice.pk, "direct", {"n": n})
-    assert await push.disconnect_user(alice.pk, push.Reason.KICKED) == 1
+    sent = asyncio.Event()
+    layer = get_channel_layer()
+    group_send = layer.group_send
+
+    async def group_send_then_tell(group, message):
+        await group_send(group, message)
+        if message["type"] == push.DISCONNECT_EVENT:
+            sent.set()
+
+    monkeypatch.setattr(layer, "group_send", group_send_then_tell)
+    kick = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
+    await asyncio.wait_for(sent.wait(), 3)  # sent while the socket is backed up
     release.set()
     frames = [await client.receive() for _ in range(consumers.EVENT_BACKLOG + 2)]
     assert frames[-1]["action"] == "disconnect"
     assert await client.receive_close() == 4403
+    assert await kick == 1
