@@ -118,11 +118,11 @@ async def disconnect_user(
     if connections is None:
         connections = await database_sync_to_async(registry.user_connections)(user_id)
     here, elsewhere = _split(connections)
-    event = withdraw_here(user_group(user_id), reason, here, group=True)
+    closing_here = withdraw_here(user_group(user_id), reason, here, group=True)
     if not elsewhere:
-        return await event
+        return await closing_here
     relayed = _relay(elsewhere, user_id, reason, offline_username=offline_username)
-    closed_here, (closed_there, missed) = await asyncio.gather(event, relayed)
+    closed_here, (closed_there, missed) = await asyncio.gather(closing_here, relayed)
     closed = closed_here + closed_there
     if missed:
         raise LayerUnreachable(closed, missed)
