@@ -2,12 +2,20 @@
 
 The user list shows online state and live socket count (filterable); a user's
 page lists their live connections with a button to close each; the actions
-"Disconnect" and "Revoke tokens" act on selected users. Deactivating a user in
-the admin drops their sockets through identity.signals, like any other save.
+"Disconnect" and "Revoke tokens" act on selected users. Deactivating or deleting
+a user in the admin drops their sockets through identity.signals, like any
+other save or delete; each of these says how many sockets closed.
+
+Registry rows are never deleted here on their own: a row deleted without its
+socket being told would leave the socket open and unlisted. A user's rows go
+with the user (their sockets are closed by the delete), and a dead server
+process's rows are purged by the next heartbeat of a living one, so server
+processes cannot be deleted by hand either.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django.contrib import admin, messages
@@ -19,9 +27,9 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
-from identity import push, registry, withdraw
-from identity.layers import LayerUnavailable
+from identity import registry, withdraw
 from identity.models import Connection, ServerProcess
 from identity.protocol import Reason
 
@@ -53,29 +61,61 @@ class OnlineFilter(admin.SimpleListFilter):
 # view the list; the staff API asks for the same permission (identity/api.py).
 @admin.action(description="Disconnect selected users (close their sockets)", permissions=["change"])
 def disconnect_users(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
-    _withdraw_each(modeladmin, request, queryset, lambda pk: withdraw.disconnect(pk, Reason.KICKED))
+    _withdraw_each(
+        modeladmin,
+        request,
+        queryset,
+        lambda user: withdraw.disconnect(user.pk, Reason.KICKED, user.get_username()),
+    )
 
 
 @admin.action(
     description="Revoke tokens of selected users (and close their sockets)", permissions=["change"]
 )
 def revoke_users(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
-    _withdraw_each(modeladmin, request, queryset, withdraw.revoke)
+    _withdraw_each(
+        modeladmin, request, queryset, lambda user: withdraw.revoke(user.pk, user.get_username())
+    )
 
 
 def _withdraw_each(modeladmin: Any, request: HttpRequest, queryset: QuerySet, act: Any) -> None:
-    closed, unreachable = 0, []
-    users = list(queryset)
-    for user in users:
-        try:
-            closed += act(user.pk)
-        except (push.LayerUnreachable, LayerUnavailable) as exc:
-            unreachable.append(f"{user.get_username()}: {exc}")
-    modeladmin.message_user(
-        request, f"{closed} socket(s) closed for {len(users)} user(s).", messages.SUCCESS
-    )
-    for problem in unreachable:
-        modeladmin.message_user(request, problem, messages.ERROR)
+    """Withdraw each selected user, with one message each saying what happened."""
+    with withdraw.acting_as(_actor(request)):
+        for user in queryset:
+            try:
+                closed = act(user)
+            except withdraw.Unreached as exc:
+                modeladmin.message_user(
+                    request, withdraw.failure(user.get_username(), exc), messages.ERROR
+                )
+            else:
+                text = _said(withdraw.outcome(user.get_username(), closed))
+                modeladmin.message_user(request, text, messages.SUCCESS)
+
+
+def _said(text: str) -> str:
+    """An outcome as an admin message, which capitalises its first letter: not a username's."""
+    return f"{text}." if text[:1].isupper() or not text[:1].isalpha() else f"User {text}."
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin {request.user.get_username()}"
+
+
+def _reporting(modeladmin: Any, request: HttpRequest) -> Any:
+    """Name the admin user as the actor; withdrawals by signals become messages."""
+
+    def report(succeeded: bool, text: str) -> None:
+        level = messages.SUCCESS if succeeded else messages.ERROR
+        modeladmin.message_user(request, _said(text) if succeeded else text, level)
+
+    return withdraw.acting_as(_actor(request), report)
+
+
+# What deleting a user deletes with it that its own admin forbids deleting alone:
+# their registry rows (the delete closes those sockets: identity.signals) and
+# their JWTs (SimpleJWT's admin is read-only). Not a reason to refuse the delete.
+DELETED_WITH_THE_USER = {Connection, OutstandingToken, BlacklistedToken}
 
 
 admin.site.unregister(User)
@@ -89,6 +129,25 @@ class IdentityUserAdmin(DjangoUserAdmin):
     list_filter = [OnlineFilter, *DjangoUserAdmin.list_filter]
     actions = [disconnect_users, revoke_users]
     readonly_fields = ["live_connections"]
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for model in DELETED_WITH_THE_USER:
+            perms_needed.discard(model._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        with _reporting(self, request):
+            return super().changeform_view(request, *args, **kwargs)
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        with _reporting(self, request):
+            return super().delete_view(request, *args, **kwargs)
+
+    def changelist_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        # Also the bulk "Delete selected users", which runs as an action here.
+        with _reporting(self, request):
+            return super().changelist_view(request, *args, **kwargs)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)
@@ -169,17 +228,22 @@ class IdentityUserAdmin(DjangoUserAdmin):
                 "opts": self.model._meta,
             }
             return TemplateResponse(request, "admin/identity/close_connection.html", context)
-        if not push.connection_is_local(channel):
-            self.message_user(
-                request,
-                "That socket is held by another server process, which the in-memory "
-                "channel layer cannot reach; set REDIS_URL.",
-                messages.ERROR,
-            )
-        else:
-            push.disconnect_connection_sync(channel, Reason.KICKED)
-            self.message_user(request, "1 socket closed.", messages.SUCCESS)
+        username = connection.user.get_username()
+        with withdraw.acting_as(_actor(request)):
+            try:
+                closed = withdraw.kick_connection(channel, user_id, username)
+            except withdraw.Unreached as exc:
+                self.message_user(request, withdraw.failure(username, exc), messages.ERROR)
+            else:
+                level = messages.SUCCESS if closed else messages.WARNING
+                self.message_user(request, f"{_one_socket(username, closed)}.", level)
         return HttpResponseRedirect(user_url)
+
+
+def _one_socket(username: str, closed: int) -> str:
+    if closed:
+        return withdraw.outcome(username, closed)
+    return f"nothing closed: that socket of {username} had already gone"
 
 
 @admin.register(Connection)
@@ -201,6 +265,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A bare row delete would leave its socket open and unlisted: "Close" instead.
         return False
 
     @admin.display(description="last seen")
@@ -209,19 +274,18 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Close selected connections")
     def close_connections(self, request: HttpRequest, queryset: QuerySet) -> None:
-        closed = 0
-        for connection in queryset:
-            if push.connection_is_local(connection.channel_name):
-                push.disconnect_connection_sync(connection.channel_name, Reason.KICKED)
-                closed += 1
-        self.message_user(request, f"{closed} socket(s) closed.", messages.SUCCESS)
-        if closed < len(queryset):
-            self.message_user(
-                request,
-                f"{len(queryset) - closed} socket(s) are held by another server process, "
-                "which the in-memory channel layer cannot reach; set REDIS_URL.",
-                messages.ERROR,
-            )
+        closed: Counter[str] = Counter()
+        with withdraw.acting_as(_actor(request)):
+            for connection in queryset:
+                username = connection.user.get_username()
+                try:
+                    closed[username] += withdraw.kick_connection(
+                        connection.channel_name, connection.user_id, username
+                    )
+                except withdraw.Unreached as exc:
+                    self.message_user(request, withdraw.failure(username, exc), messages.ERROR)
+        for username, count in closed.items():
+            self.message_user(request, _said(withdraw.outcome(username, count)), messages.SUCCESS)
 
 
 @admin.register(ServerProcess)
@@ -241,4 +305,9 @@ class ServerProcessAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A live process cannot be deleted (its sockets would stay open, unlisted);
+        # a dead one's rows are purged by the next heartbeat of a living process.
         return False

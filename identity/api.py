@@ -23,9 +23,8 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.views import TokenObtainPairView
 
-from identity import push, registry, tokens, withdraw
+from identity import registry, tokens, withdraw
 from identity.exceptions import IdentityError
-from identity.layers import LayerUnavailable
 from identity.protocol import Reason, storable_text
 from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, SignInAddressThrottle
 
@@ -153,7 +152,9 @@ class DisconnectView(StaffView):
 
     def post(self, request: Request, username: str) -> Response:
         user = self.target(username)
-        return _withdrawn(username, lambda: withdraw.disconnect(user.pk, Reason.KICKED))
+        return _withdrawn(
+            request, username, lambda: withdraw.disconnect(user.pk, Reason.KICKED, username)
+        )
 
 
 class RevokeView(StaffView):
@@ -161,15 +162,22 @@ class RevokeView(StaffView):
 
     def post(self, request: Request, username: str) -> Response:
         user = self.target(username)
-        return _withdrawn(username, lambda: withdraw.revoke(user.pk))
+        return _withdrawn(request, username, lambda: withdraw.revoke(user.pk, username))
 
 
-def _withdrawn(username: str, action: Any) -> Response:
+def _withdrawn(request: Request, username: str, action: Any) -> Response:
+    """`{"username", "connections": sockets closed}`; 503 saying what did not close."""
     try:
-        closed = action()
-    except (push.LayerUnreachable, LayerUnavailable) as exc:
+        with withdraw.acting_as(f"staff API user {request.user.get_username()}"):
+            closed = action()
+    except withdraw.Unreached as exc:
         return Response(
-            {"detail": str(exc), "code": "layer_unreachable"},
+            {
+                "detail": withdraw.failure(username, exc),
+                "code": "layer_unreachable",
+                "username": username,
+                "connections": getattr(exc, "closed", 0),
+            },
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
     return Response({"username": username, "connections": closed})

@@ -18,6 +18,7 @@ DEFAULTS: dict[str, float] = {
     "IDENTITY_HANDSHAKE_RATE": 20,
     "IDENTITY_HANDSHAKE_BURST": 40,
     "IDENTITY_HANDSHAKE_TIMEOUT": 10,
+    "IDENTITY_WITHDRAWAL_POLL": 0.25,
 }
 
 
@@ -98,6 +99,11 @@ def handshake_burst() -> float:
 def handshake_timeout() -> float:
     """Seconds a connection has to send its request headers; 0 is no limit."""
     return float(_get("IDENTITY_HANDSHAKE_TIMEOUT"))
+
+
+def withdrawal_poll() -> float:
+    """Seconds between a process's looks for withdrawal requests (in-memory layer); 0 is off."""
+    return float(_get("IDENTITY_WITHDRAWAL_POLL"))
 
 
 def allowed_origins() -> list[str]:

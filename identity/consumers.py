@@ -577,12 +577,16 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         locked = await self.lock_unless_stuck()
         try:
             # Logged out (or closing) since the event was sent: nothing to withdraw.
-            closed = self.user is not None and not self.closing and await self.close_socket(reason)
+            withdrawing = self.user is not None and not self.closing
+            # Acknowledged before leaving the registry: that takes the database
+            # thread, which sync code waiting for this answer may be holding.
+            if reply_to:
+                await self.acknowledge(reply_to, withdrawing)
+            if withdrawing:
+                await self.close_socket(reason)
         finally:
             if locked:
                 self.lock.release()
-        if reply_to:
-            await self.acknowledge(reply_to, closed)
 
     async def lock_unless_stuck(self) -> bool:
         """Take the lock; give up (False) once its holder is stuck in a send."""
@@ -597,7 +601,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def acknowledge(self, reply_to: str, closed: bool) -> None:
         """Tell whoever asked for the withdrawal whether this socket gave up an identity."""
-        ack = {"type": push.WITHDRAWN_EVENT, "channel": self.channel_name, "closed": closed}
+        ack = {"type": push.ACK_EVENT, "channel": self.channel_name, "closed": closed}
         try:
             await self.channel_layer.send(reply_to, ack)
         except Exception as exc:

@@ -5,6 +5,12 @@ heartbeat every IDENTITY_HEARTBEAT_INTERVAL seconds and purges processes whose
 heartbeat is older than IDENTITY_HEARTBEAT_EXPIRY, pushing `offline` for users
 who went with them. Idle sockets cost nothing here: it is one query per
 interval per process, whatever the number of sockets.
+
+On the in-memory channel layer a second task polls the database every
+IDENTITY_WITHDRAWAL_POLL seconds for withdrawal requests addressed to this
+process (identity.relay): a command, a shell or another process cannot reach
+its sockets otherwise. One indexed query per poll; it carries each request out
+through this process's layer and records how many sockets closed.
 """
 
 from __future__ import annotations
@@ -13,14 +19,22 @@ import asyncio
 import atexit
 import logging
 import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from identity import conf, push, registry
+from identity import conf, push, registry, relay
+from identity.models import WithdrawalRequest
+from identity.protocol import Reason
 
 logger = logging.getLogger(__name__)
 
 _tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -30,17 +44,27 @@ def ensure_running() -> None:
 
     IDENTITY_HEARTBEAT_INTERVAL = 0 turns it off (tests drive `beat_once` themselves).
     """
-    if conf.heartbeat_interval() <= 0:
-        return
     loop = asyncio.get_running_loop()
-    task = _tasks.get(loop)
-    if task is None or task.done():
+    if conf.heartbeat_interval() > 0:
         if not _tasks:
             # Not every server gives its sockets a chance to leave when it
             # stops (daphne exits without resuming them), so the process
             # itself retires its sockets as it exits.
             atexit.register(_retire)
-        _tasks[loop] = loop.create_task(_beat_forever(), name="identity-heartbeat")
+        _start(_tasks, loop, _beat_forever, "identity-heartbeat")
+    if conf.withdrawal_poll() > 0 and isinstance(get_channel_layer(), InMemoryChannelLayer):
+        _start(_pollers, loop, _poll_forever, "identity-withdrawal-poll")
+
+
+def _start(
+    tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]],
+    loop: asyncio.AbstractEventLoop,
+    run: Callable[[], Coroutine[Any, Any, None]],
+    name: str,
+) -> None:
+    task = tasks.get(loop)
+    if task is None or task.done():
+        tasks[loop] = loop.create_task(run(), name=name)
 
 
 def _retire() -> None:
@@ -60,6 +84,7 @@ async def beat_once() -> None:
     """One heartbeat: vouch for this process, purge dead ones, push their `offline`."""
     try:
         gone = await database_sync_to_async(registry.heartbeat)()
+        await database_sync_to_async(relay.purge_stale)()
     except Exception:
         # A database outage must not kill the loop; the next beat retries.
         logger.warning("identity heartbeat failed", exc_info=True)
@@ -69,3 +94,38 @@ async def beat_once() -> None:
             await push.push_presence("offline", user_id, username)
         except Exception:
             logger.warning("could not push offline for user %s", user_id, exc_info=True)
+
+
+async def _poll_forever() -> None:
+    while True:
+        await poll_once()
+        await asyncio.sleep(conf.withdrawal_poll())
+
+
+async def poll_once() -> int:
+    """Carry out the withdrawal requests addressed to this process; how many there were."""
+    try:
+        requests = await database_sync_to_async(relay.claim)(registry.SERVER_ID)
+    except Exception:
+        logger.warning("identity withdrawal poll failed", exc_info=True)
+        return 0
+    await asyncio.gather(*(_carry_out(request) for request in requests))
+    return len(requests)
+
+
+async def _carry_out(request: WithdrawalRequest) -> None:
+    reason = Reason(request.reason)
+    target = request.channel_name or push.user_group(request.user_id)
+    closed = 0
+    try:
+        closed = await push.withdraw_here(
+            target, reason, request.sockets, group=not request.channel_name
+        )
+        if closed and request.offline_username:
+            await push.push_presence("offline", request.user_id, request.offline_username)
+    except Exception:
+        logger.exception("withdrawal request %s failed", request.pk)
+    try:
+        await database_sync_to_async(relay.finish)(request.pk, closed)
+    except Exception:
+        logger.warning("could not record withdrawal request %s", request.pk, exc_info=True)

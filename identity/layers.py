@@ -45,7 +45,13 @@ LAYER_TIMEOUT = 2.0  # seconds
 
 CLEAN_INTERVAL = 1.0  # seconds between expiry sweeps of the in-memory layer
 
-__all__ = ["InMemoryChannelLayer", "LayerUnavailable", "RedisPubSubChannelLayer", "attach"]
+__all__ = [
+    "InMemoryChannelLayer",
+    "LayerUnavailable",
+    "RedisPubSubChannelLayer",
+    "attach",
+    "release",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +150,18 @@ class InMemoryChannelLayer(_InMemoryLayer):
             if queue.empty():
                 self.channels.pop(channel, None)
         return message
+
+
+async def release(layer: BaseChannelLayer, channel: str) -> None:
+    """Forget a reply channel made with `new_channel` and read with `receive`.
+
+    Channels has no call for it: the in-memory layer would keep the channel's
+    queue until its messages expire, the Redis layer its subscription.
+    """
+    if isinstance(layer, RedisPubSubChannelLayer):
+        await layer.detach(channel)
+    elif isinstance(layer, _InMemoryLayer):
+        layer.channels.pop(channel, None)
 
 
 class LayerUnavailable(Exception):

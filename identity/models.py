@@ -63,3 +63,37 @@ class Connection(models.Model):
     def last_seen(self):
         """The last time the socket's server process confirmed it alive."""
         return self.server.heartbeat_at
+
+
+class WithdrawalRequest(models.Model):
+    """A withdrawal carried by the database to the server process holding the sockets.
+
+    On the in-memory channel layer no other process can reach a server's
+    sockets; the database can. The requesting process writes one row per server
+    process, that process (identity.heartbeat's poller) closes the sockets and
+    records how many, and the requester reads the count and deletes the row.
+    """
+
+    server_id = models.CharField(max_length=100)
+    # No foreign key: the user may be deleted by the time the request runs.
+    user_id = models.BigIntegerField()
+    # One socket (its channel), or blank for every socket of the user.
+    channel_name = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=32)
+    # How many live sockets the requester saw there: the executor stops waiting
+    # for acknowledgements once that many answered.
+    sockets = models.IntegerField(default=0)
+    # Set for a deleted user: their sockets leave no registry row whose removal
+    # would push `offline`, so the executing process pushes it for this name.
+    offline_username = models.CharField(max_length=150, blank=True)
+    requested_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    closed = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["server_id", "started_at"])]
+
+    def __str__(self) -> str:
+        target = self.channel_name or f"user {self.user_id}"
+        return f"{self.reason} {target} on {self.server_id}"

@@ -12,17 +12,22 @@ has an async form and a sync form (suffix `_sync`) for sync code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import DatabaseError
 
-from identity import registry
+from identity import registry, relay
+from identity.layers import release
 from identity.protocol import Action, Reason, frame, user_payload
 
 __all__ = [
+    "ACK_EVENT",
     "DISCONNECT_EVENT",
     "PRESENCE_EVENT",
     "PRESENCE_GROUP",
@@ -42,10 +47,14 @@ logger = logging.getLogger(__name__)
 # Channel-layer event types; the consumer's handlers are named after them
 # (`identity.disconnect` -> `identity_disconnect`).
 DISCONNECT_EVENT = "identity.disconnect"
-# A socket's answer to a withdrawal that named a `reply_to` channel.
-WITHDRAWN_EVENT = "identity.withdrawn"
 PUSH_EVENT = "identity.push"
 PRESENCE_EVENT = "identity.presence"
+# A socket's answer to a withdrawal that named a `reply_to` channel.
+ACK_EVENT = "identity.withdrawn"
+
+ACK_TIMEOUT = 2.0  # seconds the sockets have to acknowledge a withdrawal
+RELAY_TIMEOUT = 3.0  # seconds another process has to take up a request (identity.relay)
+RELAY_POLL = 0.05  # seconds between the requester's looks at its requests
 
 PRESENCE_GROUP = "identity.presence"
 
@@ -56,25 +65,33 @@ def user_group(user_id: int) -> str:
 
 
 class LayerUnreachable(Exception):
-    """The sockets live in another process that this channel layer cannot reach."""
+    """Sockets live in a server process that did not take up the withdrawal in time.
+
+    On the in-memory channel layer only the database reaches another process
+    (identity.relay); this is raised when that process did not answer.
+    `closed` is how many sockets were closed elsewhere (0: nothing was).
+    """
+
+    def __init__(self, closed: int, missed: str) -> None:
+        head = "nothing closed" if closed == 0 else f"only {closed} socket(s) closed"
+        super().__init__(f"{head}: {missed}")
+        self.closed, self.missed = closed, missed
 
 
 def _layer() -> Any:
     return get_channel_layer()
 
 
-def _check_reachable(connections: list[Any]) -> None:
-    # The in-memory layer lives inside one process: from any other (a
-    # management command, a shell) its sockets cannot be reached at all.
-    if not isinstance(_layer(), InMemoryChannelLayer):
-        return
-    foreign = [c for c in connections if c.server_id != registry.SERVER_ID]
-    if foreign:
-        raise LayerUnreachable(
-            f"{len(foreign)} socket(s) are held by another server process, which the "
-            "in-memory channel layer cannot reach; set REDIS_URL so every process "
-            "shares one channel layer."
-        )
+def _elsewhere(server_id: str) -> bool:
+    """Whether a socket of that process is out of this process's channel layer's reach."""
+    # The in-memory layer lives inside one process; Redis reaches them all.
+    return server_id != registry.SERVER_ID and isinstance(_layer(), InMemoryChannelLayer)
+
+
+def _split(connections: list[Any]) -> tuple[int, dict[str, int]]:
+    """How many sockets this process's layer reaches; per other process, those it does not."""
+    elsewhere = Counter(c.server_id for c in connections if _elsewhere(c.server_id))
+    return len(connections) - sum(elsewhere.values()), dict(elsewhere)
 
 
 async def send_to_user(user_id: int, action: str, payload: Any) -> None:
@@ -84,19 +101,145 @@ async def send_to_user(user_id: int, action: str, payload: Any) -> None:
     )
 
 
-async def disconnect_user(user_id: int, reason: Reason) -> int:
-    """Close every socket of a user with `disconnect` REASON; the number of sockets."""
-    connections = await database_sync_to_async(registry.user_connections)(user_id)
-    _check_reachable(connections)
-    await _layer().group_send(
-        user_group(user_id), {"type": DISCONNECT_EVENT, "reason": str(reason)}
+async def disconnect_user(
+    user_id: int,
+    reason: Reason,
+    connections: list[Any] | None = None,
+    offline_username: str = "",
+) -> int:
+    """Close every socket of a user with `disconnect` REASON; the number of sockets closed.
+
+    CONNECTIONS are the user's registry rows when the caller read them already
+    (a deleted user's rows are gone by the time their sockets are told);
+    OFFLINE_USERNAME asks processes reached through the database to push
+    `offline` for that user afterwards. Raises LayerUnreachable when a process
+    holding sockets did not answer (its `closed` says what did close).
+    """
+    if connections is None:
+        connections = await database_sync_to_async(registry.user_connections)(user_id)
+    here, elsewhere = _split(connections)
+    closing_here = withdraw_here(user_group(user_id), reason, here, group=True)
+    if not elsewhere:
+        return await closing_here
+    relayed = _relay(elsewhere, user_id, reason, offline_username=offline_username)
+    closed_here, (closed_there, missed) = await asyncio.gather(closing_here, relayed)
+    closed = closed_here + closed_there
+    if missed:
+        raise LayerUnreachable(closed, missed)
+    return closed
+
+
+async def disconnect_connection(channel_name: str, reason: Reason) -> int:
+    """Close one socket, named by its channel, with `disconnect` REASON; 1 if it closed, else 0."""
+    owner = await database_sync_to_async(registry.connection_owner)(channel_name)
+    if owner is not None and _elsewhere(owner[1]):
+        user_id, server_id = owner
+        closed, missed = await _relay({server_id: 1}, user_id, reason, channel_name=channel_name)
+        if missed:
+            raise LayerUnreachable(closed, missed)
+        return closed
+    return await withdraw_here(channel_name, reason, expected=1, group=False)
+
+
+async def withdraw_here(target: str, reason: Reason, expected: int, group: bool) -> int:
+    """Withdraw a group's or one channel's sockets through this process's layer.
+
+    Each socket acknowledges on a reply channel; the number that gave up an
+    identity, counted until EXPECTED answered or ACK_TIMEOUT passed.
+    """
+    layer = _layer()
+    reply_to = await layer.new_channel()
+    event = {"type": DISCONNECT_EVENT, "reason": str(reason), "reply_to": reply_to}
+    try:
+        if group:
+            await layer.group_send(target, event)
+        else:
+            await layer.send(target, event)
+        return await _count_acks(layer, reply_to, expected)
+    finally:
+        await release(layer, reply_to)
+
+
+async def _count_acks(layer: Any, reply_to: str, expected: int) -> int:
+    answered: set[str] = set()
+    closed: set[str] = set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ACK_TIMEOUT
+    while len(answered) < expected:
+        try:
+            ack = await asyncio.wait_for(layer.receive(reply_to), deadline - loop.time())
+        except TimeoutError:
+            break
+        if ack.get("type") != ACK_EVENT:
+            continue
+        answered.add(ack["channel"])
+        if ack.get("closed"):
+            closed.add(ack["channel"])
+    if len(answered) < expected:
+        # Ghost rows (a process that died) or a socket too stalled to answer.
+        logger.warning(
+            "%d of %d registered socket(s) did not acknowledge within %ss",
+            expected - len(answered),
+            expected,
+            ACK_TIMEOUT,
+        )
+    return len(closed)
+
+
+async def _relay(
+    sockets_by_server: dict[str, int],
+    user_id: int,
+    reason: Reason,
+    channel_name: str = "",
+    offline_username: str = "",
+) -> tuple[int, str]:
+    """Have other processes withdraw through the database; (closed, what was missed).
+
+    The second item is empty when every process answered, else a sentence
+    saying which sockets were not closed.
+    """
+    try:
+        ids = await database_sync_to_async(relay.request)(
+            sockets_by_server, user_id, str(reason), channel_name, offline_username
+        )
+    except DatabaseError as exc:
+        count = sum(sockets_by_server.values())
+        return 0, f"{count} socket(s) held by other server process(es): no request sent ({exc})"
+    try:
+        done = await _await_relayed(list(ids))
+    finally:
+        await database_sync_to_async(relay.forget)(list(ids))
+    closed = sum(done.values())
+    silent = [server for pk, server in ids.items() if pk not in done]
+    if not silent:
+        return closed, ""
+    count = sum(sockets_by_server[server] for server in silent)
+    return closed, (
+        f"{count} socket(s) held by server process(es) {', '.join(silent)} were not closed: "
+        f"no answer within {RELAY_TIMEOUT:g}s (on the in-memory channel layer only the "
+        "database reaches another process; is it stalled or stopped?)"
     )
-    return len(connections)
 
 
-async def disconnect_connection(channel_name: str, reason: Reason) -> None:
-    """Close one socket, named by its channel, with `disconnect` REASON."""
-    await _layer().send(channel_name, {"type": DISCONNECT_EVENT, "reason": str(reason)})
+async def _await_relayed(ids: list[int]) -> dict[int, int]:
+    """Wait for the requests to be done; request id -> sockets closed, for those done."""
+    statuses = database_sync_to_async(relay.statuses)
+    loop = asyncio.get_running_loop()
+    deadline, cancelled = loop.time() + RELAY_TIMEOUT, False
+    while True:
+        current = await statuses(ids)
+        done = {pk: s.closed for pk, s in current.items() if s.closed is not None}
+        if len(done) == len(current):  # all done, or the rest cancelled
+            return done
+        if loop.time() < deadline:
+            await asyncio.sleep(RELAY_POLL)
+        elif cancelled:
+            return done
+        else:
+            # Too late: unstarted requests must never run now; started ones
+            # (a process mid-withdrawal) get the time their sockets have to answer.
+            await database_sync_to_async(relay.cancel_unstarted)(ids)
+            cancelled, deadline = True, loop.time() + ACK_TIMEOUT + RELAY_POLL
 
 
 async def online_users() -> list[registry.OnlineUser]:
@@ -110,15 +253,6 @@ async def push_presence(event: str, user_id: int, username: str) -> None:
     await _layer().group_send(
         PRESENCE_GROUP, {"type": PRESENCE_EVENT, "frame": frame(Action.PRESENCE, payload)}
     )
-
-
-def connection_is_local(channel_name: str) -> bool:
-    """Whether a socket can be reached from this process."""
-    if not isinstance(_layer(), InMemoryChannelLayer):
-        return True
-    return registry.Connection.objects.filter(
-        channel_name=channel_name, server_id=registry.SERVER_ID
-    ).exists()
 
 
 send_to_user_sync = async_to_sync(send_to_user)

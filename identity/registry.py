@@ -159,6 +159,16 @@ def user_connections(user_id: int) -> list[Connection]:
     return list(live_connections().filter(user_id=user_id).select_related("server"))
 
 
+def connection_owner(channel_name: str) -> tuple[int, str] | None:
+    """The (user id, server process id) of a live socket; None if not registered."""
+    return (
+        live_connections()
+        .filter(channel_name=channel_name)
+        .values_list("user_id", "server_id")
+        .first()
+    )
+
+
 def is_online(user_id: int) -> bool:
     """Whether the user has a live socket on any process."""
     return live_connections().filter(user_id=user_id).exists()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
-from identity import push, registry, withdraw
+from identity import registry, withdraw
 from identity.models import UserIdentity
 from identity.protocol import Reason
 
@@ -43,27 +42,21 @@ def withdraw_on_change(sender: Any, instance: Any, created: bool, **_: Any) -> N
         return
     was_active, old_password = before
     if was_active and not instance.is_active:
-        withdraw.disconnect_on_commit(instance.pk, Reason.USER_INACTIVE)
+        withdraw.disconnect_on_commit(instance.pk, Reason.USER_INACTIVE, instance.get_username())
     elif old_password != instance.password:
         withdraw.revoke_tokens(instance.pk)
-        withdraw.disconnect_on_commit(instance.pk, Reason.TOKEN_REVOKED)
+        withdraw.disconnect_on_commit(instance.pk, Reason.TOKEN_REVOKED, instance.get_username())
 
 
 @receiver(pre_delete, sender=User, dispatch_uid="identity-user-pre-delete")
-def remember_presence(sender: Any, instance: Any, **_: Any) -> None:
-    """Whether the user is online, before their registry rows go with them."""
-    instance._identity_online = registry.is_online(instance.pk)
+def remember_connections(sender: Any, instance: Any, **_: Any) -> None:
+    """The user's live sockets, before their registry rows go with them."""
+    instance._identity_connections = registry.user_connections(instance.pk)
 
 
 @receiver(post_delete, sender=User, dispatch_uid="identity-user-post-delete")
 def withdraw_on_delete(sender: Any, instance: Any, **_: Any) -> None:
     """Close the deleted user's sockets with `user_deleted` and push `offline`."""
-    user_id, username = instance.pk, instance.get_username()
-    if not getattr(instance, "_identity_online", False):
-        return
-
-    def after_commit() -> None:
-        withdraw.disconnect_logged(user_id, Reason.USER_DELETED)
-        push.push_presence_sync("offline", user_id, username)
-
-    transaction.on_commit(after_commit)
+    connections = getattr(instance, "_identity_connections", [])
+    instance._identity_connections = []
+    withdraw.delete_on_commit(instance.pk, instance.get_username(), connections)

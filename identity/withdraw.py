@@ -3,13 +3,22 @@
 Sync functions for views, signals, the admin and commands. Sockets are told
 only after the database change commits, so a socket's own cleanup never races
 the change that closed it (and presence is pushed exactly once).
+
+Every withdrawal is logged once at INFO on the `identity` loggers: what, whom,
+who did it (`acting_as`), the reason and how many sockets closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
@@ -19,6 +28,56 @@ from identity.models import UserIdentity
 from identity.protocol import Reason
 
 logger = logging.getLogger(__name__)
+
+# Takes (succeeded, sentence): how a withdrawal that the caller cannot await
+# (a signal's, after commit) reaches the operator, e.g. as an admin message.
+Report = Callable[[bool, str], None]
+
+_actor: ContextVar[tuple[str, Report | None] | None] = ContextVar("identity_actor", default=None)
+
+# The verb of each reason, for the log.
+WHAT = {
+    Reason.KICKED: "kick",
+    Reason.TOKEN_REVOKED: "revoke",
+    Reason.USER_INACTIVE: "deactivation",
+    Reason.USER_DELETED: "delete",
+}
+
+Unreached = (push.LayerUnreachable, LayerUnavailable)
+
+
+@contextlib.contextmanager
+def acting_as(actor: str, report: Report | None = None) -> Iterator[None]:
+    """Name who withdraws in this block (the log says so); REPORT hears signal-driven ones."""
+    token = _actor.set((actor, report))
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
+def current_actor() -> tuple[str, Report | None]:
+    """Who withdraws now: named by `acting_as`, else "shell" in `manage.py shell`, else "code"."""
+    named = _actor.get()
+    if named is not None:
+        return named
+    return ("shell" if sys.argv[1:2] == ["shell"] else "code"), None
+
+
+def outcome(username: str, closed: int) -> str:
+    """What a withdrawal did, in words: "2 sockets closed for alice"."""
+    if closed == 0:
+        return f"{username} had no open socket"
+    return f"{closed} socket{'s' if closed != 1 else ''} closed for {username}"
+
+
+def failure(username: str, exc: Exception) -> str:
+    """What a failed withdrawal did: "nothing closed for alice: WHY"."""
+    if isinstance(exc, push.LayerUnreachable) and exc.closed:
+        return f"only {outcome(username, exc.closed)}: {exc.missed}"
+    if isinstance(exc, push.LayerUnreachable):
+        return f"nothing closed for {username}: {exc.missed}"
+    return f"nothing closed for {username}: {exc}"  # the channel layer (Redis) is down
 
 
 def revoke_tokens(user_id: int) -> None:
@@ -35,29 +94,115 @@ def revoke_tokens(user_id: int) -> None:
         )
 
 
-def disconnect(user_id: int, reason: Reason) -> int:
-    """Close the user's sockets with REASON; the number of sockets.
+def disconnect(user_id: int, reason: Reason, username: str | None = None) -> int:
+    """Close the user's sockets with REASON; the number of sockets closed.
 
-    Raises LayerUnreachable when they live in a process this one cannot reach.
+    Raises LayerUnreachable when a process holding some did not answer, and
+    LayerUnavailable when the channel layer (Redis) is down.
     """
-    return push.disconnect_user_sync(user_id, reason)
+    return _withdraw(user_id, username, reason, WHAT.get(reason, str(reason)))
 
 
-def revoke(user_id: int) -> int:
-    """Revoke the user's tokens and close their sockets; the number of sockets."""
+def revoke(user_id: int, username: str | None = None) -> int:
+    """Revoke the user's tokens and close their sockets; the number of sockets closed."""
     revoke_tokens(user_id)
-    return disconnect(user_id, Reason.TOKEN_REVOKED)
+    return _withdraw(user_id, username, Reason.TOKEN_REVOKED, "revoke (tokens revoked)")
 
 
-def disconnect_on_commit(user_id: int, reason: Reason) -> None:
-    """Close the user's sockets once the current transaction commits (signals)."""
-    transaction.on_commit(lambda: disconnect_logged(user_id, reason))
-
-
-def disconnect_logged(user_id: int, reason: Reason) -> None:
+def kick_connection(channel_name: str, user_id: int, username: str) -> int:
+    """Close one socket of a user with `kicked`; 1 if it closed, 0 if it had gone."""
+    actor, _ = current_actor()
+    what = f"kick of one socket of {username} (user {user_id}) by {actor}, reason kicked"
     try:
-        disconnect(user_id, reason)
-    except (push.LayerUnreachable, LayerUnavailable) as exc:
-        logger.warning("user %s: sockets not closed: %s", user_id, exc)
+        closed = push.disconnect_connection_sync(channel_name, Reason.KICKED)
+    except Unreached as exc:
+        logger.warning("%s: %s", what, failure(username, exc))
+        raise
+    logger.info("%s: %s", what, outcome(username, closed))
+    return closed
+
+
+def _withdraw(
+    user_id: int,
+    username: str | None,
+    reason: Reason,
+    verb: str,
+    connections: list[Any] | None = None,
+    offline_username: str = "",
+    actor: str | None = None,
+) -> int:
+    username = username or _username(user_id)
+    actor = actor or current_actor()[0]
+    what = f"{verb} of {username} (user {user_id}) by {actor}, reason {reason}"
+    try:
+        closed = push.disconnect_user_sync(user_id, reason, connections, offline_username)
+    except Unreached as exc:
+        logger.warning("%s: %s", what, failure(username, exc))
+        raise
+    logger.info("%s: %s", what, outcome(username, closed))
+    return closed
+
+
+def _username(user_id: int) -> str:
+    user_model = get_user_model()
+    name = (
+        user_model.objects.filter(pk=user_id).values_list(user_model.USERNAME_FIELD, flat=True)
+    ).first()
+    return name or f"user {user_id}"
+
+
+def disconnect_on_commit(user_id: int, reason: Reason, username: str | None = None) -> None:
+    """Close the user's sockets once the current transaction commits (signals)."""
+    actor, report = current_actor()
+    verb = "password change" if reason is Reason.TOKEN_REVOKED else WHAT[reason]
+
+    def after_commit() -> None:
+        _withdraw_reported(
+            report,
+            username or _username(user_id),
+            lambda name: _withdraw(user_id, name, reason, verb, actor=actor),
+        )
+
+    transaction.on_commit(after_commit)
+
+
+def delete_on_commit(user_id: int, username: str, connections: list[Any]) -> None:
+    """Close a deleted user's sockets (rows read before the delete) once it commits."""
+    actor, report = current_actor()
+
+    def after_commit() -> None:
+        closed = _withdraw_reported(
+            report,
+            username,
+            lambda name: _withdraw(
+                user_id, name, Reason.USER_DELETED, "delete", connections, name, actor
+            ),
+        )
+        if closed:
+            # Their sockets' rows went with the user, so no socket's own cleanup
+            # pushes `offline`; processes reached through the database push it
+            # themselves (`offline_username`), this one here.
+            try:
+                push.push_presence_sync("offline", user_id, username)
+            except Exception:
+                logger.warning("could not push offline for deleted user %s", user_id, exc_info=True)
+
+    transaction.on_commit(after_commit)
+
+
+def _withdraw_reported(report: Report | None, username: str, run: Callable[[str], int]) -> int:
+    """Run a withdrawal nobody awaits: report it, and log (never raise) a failure."""
+    try:
+        closed = run(username)
+    except Unreached as exc:
+        if report is not None:
+            report(False, failure(username, exc))
+        return getattr(exc, "closed", 0)
     except Exception:
-        logger.exception("user %s: could not close sockets", user_id)
+        logger.exception("%s: could not close sockets", username)
+        if report is not None:
+            report(False, f"{username}: nothing closed: an error occurred (see the log)")
+        return 0
+    if report is not None:
+        report(True, outcome(username, closed))
+    return closed

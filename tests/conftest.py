@@ -8,11 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.db import connections
+from django.test import AsyncClient
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from config.asgi import application
@@ -141,3 +144,35 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
 
 
 adb = database_sync_to_async
+
+
+@contextlib.asynccontextmanager
+async def request_thread() -> AsyncIterator[None]:
+    """Run the sync code awaited inside on a thread of its own, as Django runs a request's.
+
+    The sockets' registry calls run on the process's one thread-sensitive
+    thread (ASGIHandler gives each request another). Sync code that waits for
+    sockets to acknowledge a withdrawal must not hold that thread, or they
+    cannot finish closing until it gives up; requests, commands and the shell
+    never do, a bare `adb(...)` in a test would.
+    """
+    async with ThreadSensitiveContext():
+        try:
+            yield
+        finally:
+            # The thread goes with the context: its database connection too.
+            await sync_to_async(connections.close_all)()
+
+
+async def as_request(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run sync code as a request would (see request_thread)."""
+    async with request_thread():
+        return await adb(call)(*args, **kwargs)
+
+
+class RequestClient(AsyncClient):
+    """Django's AsyncClient, with each request's sync code on its own thread (request_thread)."""
+
+    async def request(self, **request: Any) -> Any:
+        async with request_thread():
+            return await super().request(**request)

@@ -21,6 +21,8 @@ IDENTITY_HEARTBEAT_EXPIRY = 3600
 # the per-address limits (identity.guard) are off unless a test turns them on.
 IDENTITY_MAX_ANONYMOUS_PER_ADDRESS = 0
 IDENTITY_HANDSHAKE_RATE = 0
+# The withdrawal-request poll too (identity.heartbeat.poll_once).
+IDENTITY_WITHDRAWAL_POLL = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from channels.layers import get_channel_layer
 
 from identity import consumers, push
 from tests.conftest import access_for
@@ -62,16 +63,31 @@ async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, 
 
 
 async def test_a_withdrawal_goes_ahead_of_the_pushes_waiting_on_a_backed_up_socket(
-    alice, connect, stalled_presence
+    alice, bob, connect, stalled_presence, monkeypatch
 ):
     entered, release = stalled_presence
     client = await connect(access_for(alice))
+    witness = await connect(access_for(bob))
     await client.send("presence")
     await asyncio.wait_for(entered.wait(), 3)
     for n in range(consumers.EVENT_BACKLOG):
         await push.send_to_user(alice.pk, "direct", {"n": n})
+    sent = asyncio.Event()
+    layer = get_channel_layer()
+    group_send = layer.group_send
+
+    async def group_send_then_tell(group, message):
+        await group_send(group, message)
+        if message["type"] == push.DISCONNECT_EVENT:
+            sent.set()
+
+    monkeypatch.setattr(layer, "group_send", group_send_then_tell)
     withdrawal = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
-    await client.assert_silent()
+    await asyncio.wait_for(sent.wait(), 3)
+    # A push sent after the withdrawal, through the same layer connection: when
+    # it has arrived, so has the withdrawal, while the socket is backed up.
+    await push.send_to_user(bob.pk, "direct", {"n": "after"})
+    assert (await witness.receive())["payload"] == {"n": "after"}
     release.set()
     assert await withdrawal == 1
     assert (await client.receive())["action"] == "presence"  # the frame in hand is finished

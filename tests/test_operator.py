@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.test import AsyncClient
 
 from identity.models import Connection
-from tests.conftest import access_for, adb
+from tests.conftest import RequestClient, access_for, adb, as_request
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def admin_client(staff) -> AsyncClient:
     staff.is_superuser = True
     await adb(staff.save)()
-    client = AsyncClient()
+    client = RequestClient()
     await client.aforce_login(staff)
     return client
 
@@ -72,7 +72,7 @@ async def test_admin_action_disconnect_says_how_many_sockets_closed(
         {"action": "disconnect_users", "_selected_action": [alice.pk]},
         follow=True,
     )
-    assert "2 socket(s) closed for 1 user(s)." in response.content.decode()
+    assert "2 sockets closed for alice." in response.content.decode()
     for client in sockets:
         await assert_withdrawn(client, "kicked")
     await bystander.assert_silent()
@@ -86,7 +86,7 @@ async def test_admin_action_revoke_closes_and_refuses_old_tokens(alice, admin_cl
         {"action": "revoke_users", "_selected_action": [alice.pk]},
         follow=True,
     )
-    assert "1 socket(s) closed for 1 user(s)." in response.content.decode()
+    assert "1 socket closed for alice." in response.content.decode()
     await assert_withdrawn(client, "token_revoked")
     again = await connect()
     assert (await again.auth(token))["error"]["code"] == "token_revoked"
@@ -117,8 +117,8 @@ async def test_the_online_command_with_nobody(transactional_db):
 async def test_the_disconnect_command_closes_the_sockets(alice, connect):
     client = await connect(access_for(alice))
     out = StringIO()
-    await adb(call_command)("disconnect", "alice", stdout=out)
-    assert "alice: 1 socket(s) closed." in out.getvalue()
+    await as_request(call_command, "disconnect", "alice", stdout=out)
+    assert out.getvalue() == "1 socket closed for alice.\n"
     await assert_withdrawn(client, "kicked")
 
 
@@ -126,8 +126,10 @@ async def test_the_revoke_command_revokes_and_closes(alice, connect):
     token = access_for(alice)
     client = await connect(token)
     out = StringIO()
-    await adb(call_command)("revoke", "alice", stdout=out)
-    assert "1 socket(s) closed." in out.getvalue()
+    await as_request(call_command, "revoke", "alice", stdout=out)
+    assert out.getvalue() == (
+        "alice: every token issued so far is refused from now on.\n1 socket closed for alice.\n"
+    )
     await assert_withdrawn(client, "token_revoked")
 
 

@@ -162,7 +162,7 @@ async def test_revoke_from_a_management_command_in_a_third_process(cluster):
         command, cwd=ROOT, env=database.env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "erin: 1 socket(s) closed." in result.stdout
+    assert "1 socket closed for erin." in result.stdout
     push = await erin.recv()
     assert push["payload"] == {"reason": "token_revoked", "reconnect": False}
     assert await erin.closed_code() == 4403
@@ -259,5 +259,5 @@ async def test_an_admin_action_on_process_1_closes_sockets_on_process_2(cluster)
         .read()
         .decode()
     )
-    assert "1 socket(s) closed for 1 user(s)." in page
+    assert "1 socket closed for carol." in page
     await assert_withdrawn_within(carol, "kicked", started)

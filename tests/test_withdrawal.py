@@ -13,7 +13,7 @@ from django.test import AsyncClient
 
 from identity import push, withdraw
 from identity.models import Connection
-from tests.conftest import access_for, adb, make_user
+from tests.conftest import RequestClient, access_for, adb, as_request, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,13 +47,13 @@ async def test_deactivation_closes_every_socket_with_user_inactive(alice, bob, c
     sockets = [await connect(token), await connect(token)]
     bystander = await connect(access_for(bob))
     alice.is_active = False
-    await adb(alice.save)()
+    await as_request(alice.save)
     for client in sockets:
         await assert_withdrawn(client, "user_inactive")
     await bystander.assert_silent()
     assert await auth_error(connect, token) == "user_inactive"
     alice.is_active = True
-    await adb(alice.save)()
+    await as_request(alice.save)
     assert await auth_error(connect, access_for(alice)) is None
 
 
@@ -71,7 +71,7 @@ async def test_deletion_closes_sockets_with_user_deleted_and_pushes_offline(alic
     client = await connect(token)
     assert (await watcher.receive())["payload"]["event"] == "online"
     alice_id = alice.pk
-    await adb(alice.delete)()
+    await as_request(alice.delete)
     await assert_withdrawn(client, "user_deleted")
     assert (await watcher.receive())["payload"] == {
         "event": "offline",
@@ -85,7 +85,7 @@ async def test_a_password_change_revokes_tokens_and_closes_sockets(alice, connec
     token = access_for(alice)
     client = await connect(token)
     alice.set_password("a-new-password-123")
-    await adb(alice.save)()
+    await as_request(alice.save)
     await assert_withdrawn(client, "token_revoked")
     assert await auth_error(connect, token) == "token_revoked"
     revoked_at = int(time.time())
@@ -96,7 +96,7 @@ async def test_a_password_change_revokes_tokens_and_closes_sockets(alice, connec
 async def test_saving_without_changing_the_password_withdraws_nothing(alice, connect):
     client = await connect(access_for(alice))
     alice.email = "new@example.com"
-    await adb(alice.save)()
+    await as_request(alice.save)
     await client.assert_silent()
     assert (await client.request("whoami"))["payload"]["user"]["username"] == "alice"
 
@@ -108,7 +108,7 @@ async def test_revoke_refuses_access_and_refresh_tokens_issued_before(alice, con
     refresh = await adb(RefreshToken.for_user)(alice)
     token = access_for(alice)
     client = await connect(token)
-    closed = await adb(withdraw.revoke)(alice.pk)
+    closed = await as_request(withdraw.revoke, alice.pk)
     assert closed == 1
     await assert_withdrawn(client, "token_revoked")
     assert await auth_error(connect, token) == "token_revoked"
@@ -146,7 +146,7 @@ async def test_kicking_one_connection_leaves_the_others(alice, connect):
 
 async def test_staff_api_revoke_and_disconnect(alice, staff, connect):
     client = await connect(access_for(alice))
-    http = AsyncClient()
+    http = RequestClient()
     response = await http.post("/api/users/alice/disconnect/", headers=bearer(access_for(staff)))
     assert response.status_code == 200
     assert response.json() == {"username": "alice", "connections": 1}

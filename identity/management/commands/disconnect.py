@@ -6,8 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from identity import push, withdraw
-from identity.layers import LayerUnavailable
+from identity import withdraw
 from identity.management.commands._identity import get_user
 from identity.protocol import Reason
 
@@ -21,7 +20,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, username: str, **options: Any) -> None:
         user = get_user(username)
         try:
-            closed = withdraw.disconnect(user.pk, Reason.KICKED)
-        except (push.LayerUnreachable, LayerUnavailable) as exc:
-            raise CommandError(f"Nothing closed. {exc}") from exc
-        self.stdout.write(f"{username}: {closed} socket(s) closed.")
+            with withdraw.acting_as("command"):
+                closed = withdraw.disconnect(user.pk, Reason.KICKED, username)
+        except withdraw.Unreached as exc:
+            raise CommandError(withdraw.failure(username, exc)) from exc
+        self.stdout.write(f"{withdraw.outcome(username, closed)}.")

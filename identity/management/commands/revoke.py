@@ -6,10 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from identity import push, withdraw
-from identity.layers import LayerUnavailable
+from identity import withdraw
 from identity.management.commands._identity import get_user
-from identity.protocol import Reason
+
+REVOKED = "{}: every token issued so far is refused from now on."
 
 
 class Command(BaseCommand):
@@ -20,12 +20,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, username: str, **options: Any) -> None:
         user = get_user(username)
-        withdraw.revoke_tokens(user.pk)
-        self.stdout.write(f"{username}: every token issued so far is refused from now on.")
         try:
-            closed = withdraw.disconnect(user.pk, Reason.TOKEN_REVOKED)
-        except (push.LayerUnreachable, LayerUnavailable) as exc:
+            with withdraw.acting_as("command"):
+                closed = withdraw.revoke(user.pk, username)
+        except withdraw.Unreached as exc:
+            self.stdout.write(REVOKED.format(username))
             raise CommandError(
-                f"The open sockets were NOT closed (they end at their token's expiry). {exc}"
+                f"{withdraw.failure(username, exc)} (open sockets end at their token's expiry)"
             ) from exc
-        self.stdout.write(f"{username}: {closed} socket(s) closed.")
+        self.stdout.write(REVOKED.format(username))
+        self.stdout.write(f"{withdraw.outcome(username, closed)}.")

@@ -1,0 +1,110 @@
+"""Withdrawals carried by the database to the process holding in-memory sockets.
+
+The cross-process cases run against real server processes in
+test_live_lifecycle.py; here the two halves are driven in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import OperationalError
+from django.utils import timezone
+
+from identity import heartbeat, push, registry, relay
+from identity.models import Connection, ServerProcess, WithdrawalRequest
+from tests.conftest import access_for, adb, as_request
+from tests.test_withdrawal import assert_withdrawn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ELSEWHERE = "another-host:1:cafebabe"
+
+
+@pytest.fixture
+def in_memory() -> None:
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        pytest.skip("the database carries withdrawals only for the in-memory layer")
+
+
+@pytest.fixture
+def short_relay(monkeypatch) -> None:
+    monkeypatch.setattr(push, "RELAY_TIMEOUT", 0.3)
+
+
+def socket_elsewhere(user_id: int) -> None:
+    """A live socket of USER held by another (live, silent) server process."""
+    now = timezone.now()
+    ServerProcess.objects.create(id=ELSEWHERE, started_at=now, heartbeat_at=now)
+    Connection.objects.create(
+        channel_name="specific.elsewhere!abc",
+        user_id=user_id,
+        server_id=ELSEWHERE,
+        opened_at=now,
+        authenticated_at=now,
+    )
+
+
+async def test_a_process_carries_out_the_requests_addressed_to_it(alice, connect):
+    client = await connect(access_for(alice))
+    ids = await adb(relay.request)({registry.SERVER_ID: 1}, alice.pk, "kicked")
+    assert await heartbeat.poll_once() == 1
+    await assert_withdrawn(client, "kicked")
+    row = await adb(WithdrawalRequest.objects.get)(pk=next(iter(ids)))
+    assert (row.closed, row.done_at is not None) == (1, True)
+    assert await heartbeat.poll_once() == 0  # done once
+
+
+async def test_a_request_for_one_socket_closes_only_that_one(alice, connect):
+    first = await connect(access_for(alice))
+    second = await connect(access_for(alice))
+    channel = await adb(
+        lambda: Connection.objects.order_by("authenticated_at").first().channel_name
+    )()
+    await adb(relay.request)({registry.SERVER_ID: 1}, alice.pk, "kicked", channel_name=channel)
+    assert await heartbeat.poll_once() == 1
+    await assert_withdrawn(first, "kicked")
+    await second.assert_silent()
+
+
+async def test_no_answer_raises_nothing_closed_and_cancels_the_request(
+    alice, in_memory, short_relay
+):
+    await adb(socket_elsewhere)(alice.pk)
+    with pytest.raises(push.LayerUnreachable) as raised:
+        await push.disconnect_user(alice.pk, push.Reason.KICKED)
+    assert raised.value.closed == 0
+    assert str(raised.value).startswith("nothing closed: 1 socket(s) held by server process(es)")
+    assert ELSEWHERE in str(raised.value)
+    # Cancelled: it will not run when that process wakes up.
+    assert await adb(WithdrawalRequest.objects.count)() == 0
+
+
+async def test_deleting_a_user_whose_sockets_cannot_be_reached_warns(
+    alice, in_memory, short_relay, caplog
+):
+    await adb(socket_elsewhere)(alice.pk)
+    caplog.set_level(logging.INFO, logger="identity")
+    await as_request(alice.delete)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "delete of alice" in warnings[0].getMessage()
+    assert "nothing closed for alice: 1 socket(s) held by" in warnings[0].getMessage()
+
+
+async def test_a_database_that_refuses_the_request_closes_nothing(alice, in_memory, monkeypatch):
+    await adb(socket_elsewhere)(alice.pk)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(relay, "request", locked)
+    with pytest.raises(push.LayerUnreachable) as raised:
+        await push.disconnect_user(alice.pk, push.Reason.KICKED)
+    assert raised.value.closed == 0
+    assert str(raised.value) == (
+        "nothing closed: 1 socket(s) held by other server process(es): "
+        "no request sent (database is locked)"
+    )
