@@ -60,6 +60,11 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, int, list[dict]]:
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATABASE_URL": f"sqlite:///{workdir / 'churn.sqlite3'}",
         "IDENTITY_RATE_LIMIT": "0",
+        # One load generator plays every client from one address.
+        "IDENTITY_MAX_ANONYMOUS_PER_ADDRESS": "0",
+        "IDENTITY_HANDSHAKE_RATE": "0",
+        "IDENTITY_LOGIN_RATE_PER_ACCOUNT": "0",
+        "IDENTITY_LOGIN_RATE_PER_ADDRESS": "0",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("REDIS_URL", None)

@@ -130,6 +130,11 @@ def bench_env(secret: str) -> dict[str, str]:
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DATABASE_URL=f"sqlite:///{BENCH_DB}",
         IDENTITY_RATE_LIMIT="0",
+        # One load generator plays thousands of clients from one address.
+        IDENTITY_MAX_ANONYMOUS_PER_ADDRESS="0",
+        IDENTITY_HANDSHAKE_RATE="0",
+        IDENTITY_LOGIN_RATE_PER_ACCOUNT="0",
+        IDENTITY_LOGIN_RATE_PER_ADDRESS="0",
         IDENTITY_LOG_LEVEL="WARNING",
         BENCH_JWT_KEY=secret,
         PYTHONUNBUFFERED="1",
