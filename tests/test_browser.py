@@ -172,19 +172,19 @@ def test_a_signed_in_page_chats_survives_a_reload_and_a_server_restart(
     expect(page.locator("#signin-form")).to_be_hidden()
 
 
-def test_wrong_credentials_keep_the_form_and_say_why(page: Page, server: LiveServer) -> None:
-    sign_in(page, server, "alice", "not-the-password")
+def test_wrong_credentials_keep_the_form_and_say_why(page: Page, shared: LiveServer) -> None:
+    sign_in(page, shared, "alice", "not-the-password")
     expect(page.locator("#signin-error")).to_have_text("Wrong username or password.", timeout=STEP)
     expect(page.locator("#signin-form")).to_be_visible()
     expect(page.locator("#conn-state")).to_have_text("Not signed in")
 
 
 def test_a_kick_returns_to_the_sign_in_form_with_the_reason(
-    page: Page, server: LiveServer, database: Database
+    page: Page, shared: LiveServer, shared_database: Database
 ) -> None:
-    sign_in_as_alice(page, server, database)
-    staff = server.tokens("operator", database.passwords["operator"])["access"]
-    status, body = server.post("/api/users/alice/disconnect/", None, token=staff)
+    sign_in_as_alice(page, shared, shared_database)
+    staff = shared.tokens("operator", shared_database.passwords["operator"])["access"]
+    status, body = shared.post("/api/users/alice/disconnect/", None, token=staff)
     assert status == 200, body
 
     expect(page.locator("#signin-error")).to_contain_text("administrator", timeout=STEP)
@@ -195,8 +195,10 @@ def test_a_kick_returns_to_the_sign_in_form_with_the_reason(
     expect(page.locator("#signin-form")).to_be_visible()
 
 
-def test_sign_out_forgets_the_identity(page: Page, server: LiveServer, database: Database) -> None:
-    sign_in_as_alice(page, server, database)
+def test_sign_out_forgets_the_identity(
+    page: Page, shared: LiveServer, shared_database: Database
+) -> None:
+    sign_in_as_alice(page, shared, shared_database)
     page.click("#signout")
     expect(page.locator("#signin-form")).to_be_visible(timeout=STEP)
     expect(page.locator("#signin-error")).to_be_empty()
@@ -409,10 +411,13 @@ def test_losing_the_connection_is_said_calmly_and_sending_waits_for_it(
         assert serious_violations(page) == []
         screenshot(page, "reconnecting")
 
-        server.start()
-        # Retry now skips a countdown that is still seconds long.
+        # Retry now tries at once; with the server still down the next wait is longer.
         page.click("#retry-now")
-        expect(state).to_have_text(ONLINE, timeout=5_000)
+        expect(countdown).to_have_text(re.compile(r"^in ([5-9]|\d\d) s…$"), timeout=STEP)
+        server.start()
+        # ...and skips the seconds still left of it.
+        page.click("#retry-now", timeout=2_000)
+        expect(state).to_have_text(ONLINE, timeout=3_000)
         expect(page.locator("#message-send")).to_be_enabled()
         expect(page.locator("#online-list")).not_to_have_class(re.compile(r"\bstale\b"))
         expect(page.locator("#online-note")).to_be_hidden()

@@ -11,8 +11,11 @@
  *     client.on("state", ({ state, retryAt }) => ...);
  *     client.on("identity", ({ user, expiresAt }) => ...);
  *     client.on("signedout", ({ reason }) => ...);
- *     if (!client.start()) await client.signIn(username, password);  // signed in now
+ *     const { user } = await client.signIn(username, password);  // signed in now
  *     const echo = await client.sendMessage("hello");  // {text, user}
+ *
+ *     // A page that may already hold this tab's tokens (a reload):
+ *     if (client.start()) { ... wait for the "identity" event before requests ... }
  *
  * Constructor options (all optional):
  *   baseUrl     HTTP origin of the server; default `location.origin`.
