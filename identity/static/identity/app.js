@@ -2,7 +2,7 @@
 // calls. Every piece of text that came from a user or the server goes in with
 // textContent, never innerHTML, so a username cannot carry markup.
 
-import { HttpError, IdentityClient } from "./client.js";
+import { HttpError, IdentityClient, IdentityError } from "./client.js";
 
 const MAX_LOG_ENTRIES = 200;
 
@@ -18,6 +18,7 @@ const REASONS = {
   connection_limit: "You are connected from too many places at once.",
 };
 const GENERIC_REASON = "You have been signed out. Please sign in again.";
+const UNREACHABLE = "Could not reach the server. Check the connection and try again.";
 
 const el = (id) => document.getElementById(id);
 const client = new IdentityClient();
@@ -26,21 +27,41 @@ let countdownTimer = null;
 
 // ---- connection state ------------------------------------------------------
 
-function renderState() {
+// Said calmly: a lost connection is retried on its own, and the person can
+// hurry it. Only the words in #conn-state (a live region) are announced, and
+// they change with the state alone; the ticking countdown sits beside them.
+let reconnecting = false; // an identity was online and the client is getting it back
+
+function stateView() {
   const { state, retryAt } = client;
-  const line = el("conn-state");
-  line.dataset.state = state;
-  if (state !== "offline") {
-    line.textContent = state;
-  } else if (retryAt !== null) {
-    const seconds = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-    line.textContent = `offline — next retry in ${seconds} s`;
-  } else {
-    line.textContent = client.signedIn ? "offline" : "offline — not signed in";
-  }
+  if (state === "online") reconnecting = false;
+  else if (!client.signedIn) reconnecting = false;
+  else if (state === "offline" && retryAt !== null) reconnecting = true;
+
+  if (!client.signedIn && state !== "connecting") return { key: "signedout", words: "Not signed in" };
+  if (state === "online") return { key: "online", words: "Online" };
+  if (reconnecting) return { key: "reconnecting", words: "Reconnecting" };
+  if (state === "connecting") return { key: "connecting", words: "Connecting…" };
+  return { key: "offline", words: "Offline" };
 }
 
-/** Tick the "next retry in N s" countdown only while a retry is pending. */
+function countdownText() {
+  if (!reconnecting) return "";
+  if (client.state !== "offline" || client.retryAt === null) return "…";
+  const seconds = Math.max(0, Math.ceil((client.retryAt - Date.now()) / 1000));
+  return seconds > 0 ? `in ${seconds} s…` : "…";
+}
+
+function renderState() {
+  const { key, words } = stateView();
+  el("conn").dataset.state = key;
+  // Assigning the same text again would not be announced, but skip it anyway.
+  if (el("conn-state").textContent !== words) el("conn-state").textContent = words;
+  el("conn-countdown").textContent = countdownText();
+  el("retry-now").hidden = !(reconnecting && client.state === "offline");
+}
+
+/** Tick the countdown only while a retry is pending. */
 function syncCountdown() {
   const counting = client.state === "offline" && client.retryAt !== null;
   if (counting && countdownTimer === null) {
@@ -51,10 +72,20 @@ function syncCountdown() {
   }
 }
 
+/** What needs a live identity is disabled, and the online list says it may be stale. */
+function renderAvailability() {
+  const live = client.state === "online";
+  for (const button of document.querySelectorAll("[data-needs-online]")) button.disabled = !live;
+  el("session").dataset.state = client.state;
+  el("offline-note").hidden = live || !client.signedIn;
+  el("online-note").hidden = live || !client.signedIn;
+  el("online-list").classList.toggle("stale", !live);
+}
+
 function onState() {
   renderState();
   syncCountdown();
-  el("session").dataset.state = client.state;
+  renderAvailability();
 }
 
 // ---- views -----------------------------------------------------------------
@@ -85,6 +116,10 @@ function renderExpiry(expiresAt) {
 }
 
 function clearSessionView() {
+  // The next person at this screen should not find the last one's words.
+  for (const id of ["message-input", "direct-to", "direct-text", "username", "password"]) {
+    el(id).value = "";
+  }
   el("log").replaceChildren();
   el("expires").textContent = "";
   el("expires").removeAttribute("datetime");
@@ -98,6 +133,11 @@ function clearSessionView() {
 function log(kind, ...parts) {
   const entry = document.createElement("li");
   entry.className = kind;
+  const now = new Date();
+  const time = document.createElement("time");
+  time.dateTime = now.toISOString();
+  time.textContent = now.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  entry.append(time);
   for (const [className, text] of parts) {
     const span = document.createElement("span");
     if (className) span.className = className;
@@ -127,11 +167,22 @@ function renderOnline() {
     .sort(([, a], [, b]) => a.localeCompare(b))
     .map(([id, username]) => {
       const item = document.createElement("li");
-      item.textContent = username;
+      const name = document.createElement("button");
+      name.type = "button";
+      name.className = "name";
+      name.textContent = username;
+      name.addEventListener("click", () => writeTo(username));
+      item.append(name);
       if (id === client.user?.id) item.classList.add("me");
       return item;
     });
   el("online-list").replaceChildren(...items);
+}
+
+/** A name from the online list becomes the direct message's recipient. */
+function writeTo(username) {
+  el("direct-to").value = username;
+  el("direct-text").focus();
 }
 
 function onPresence(payload) {
@@ -182,20 +233,34 @@ async function onSignIn(event) {
   button.disabled = true;
   el("signin-error").textContent = "";
   try {
+    // Resolves once the server has registered the identity on the socket.
     await client.signIn(el("username").value, el("password").value);
     el("password").value = "";
     showSession();
+    el("message-input").focus();
   } catch (err) {
-    el("signin-error").textContent = signInErrorText(err);
+    if (!(err instanceof IdentityError && err.code === "cancelled")) {
+      el("signin-error").textContent = signInErrorText(err);
+    }
   } finally {
     button.disabled = false;
   }
 }
 
 function signInErrorText(err) {
-  if (err instanceof HttpError && err.status === 401) return err.detail || "Wrong username or password.";
-  if (err instanceof HttpError) return err.detail || `The server answered ${err.status}.`;
-  return "Could not reach the server. Check the connection and try again.";
+  if (err instanceof HttpError) {
+    // SimpleJWT's own words ("No active account found...") are not for people.
+    if (err.status === 401) return "Wrong username or password.";
+    if (err.status === 429) {
+      const wait = err.retryAfter === null ? "a minute" : `${Math.max(1, err.retryAfter)} s`;
+      return `Too many attempts, try again in ${wait}.`;
+    }
+    return `The server could not sign you in (HTTP ${err.status}). Try again in a moment.`;
+  }
+  if (err instanceof IdentityError && !["connection_failed", "timeout"].includes(err.code)) {
+    return REASONS[err.code] ?? `The server refused the sign-in: ${err.message}`;
+  }
+  return UNREACHABLE;
 }
 
 async function onMessage(event) {
@@ -238,6 +303,7 @@ function bindForms() {
   el("message-form").addEventListener("submit", onMessage);
   el("direct-form").addEventListener("submit", onDirect);
   el("signout").addEventListener("click", onSignOut);
+  el("retry-now").addEventListener("click", () => client.retryNow());
   // Back from a network outage: no need to wait out the backoff delay.
   window.addEventListener("online", () => client.retryNow());
 }

@@ -11,8 +11,11 @@
  *     client.on("state", ({ state, retryAt }) => ...);
  *     client.on("identity", ({ user, expiresAt }) => ...);
  *     client.on("signedout", ({ reason }) => ...);
- *     if (!client.start()) await client.signIn(username, password);
+ *     const { user } = await client.signIn(username, password);  // signed in now
  *     const echo = await client.sendMessage("hello");  // {text, user}
+ *
+ *     // A page that may already hold this tab's tokens (a reload):
+ *     if (client.start()) { ... wait for the "identity" event before requests ... }
  *
  * Constructor options (all optional):
  *   baseUrl     HTTP origin of the server; default `location.origin`.
@@ -30,9 +33,21 @@
  *
  * Methods:
  *   start() -> boolean        connect with the stored tokens, if any.
- *   signIn(username, password) -> Promise<void>   POST /api/token/, store
- *                             the pair and connect. Rejects with HttpError
- *                             (`status`, `detail`) on wrong credentials.
+ *   signIn(username, password, {timeout}) -> Promise<{user, expiresAt}>
+ *                             POST /api/token/, store the pair, connect and
+ *                             authenticate; resolves once the server has
+ *                             registered the identity (the `auth` reply), so
+ *                             requests can follow at once. Rejects with
+ *                             HttpError (`status`, `detail`, `retryAfter`
+ *                             seconds on a 429) when the server refuses the
+ *                             credentials, or with IdentityError when the
+ *                             socket does not get the identity: the `auth`
+ *                             error's `code` and `message`, "connection_failed"
+ *                             (the socket could not open or closed first),
+ *                             "timeout" (no identity within `timeout` ms,
+ *                             default `requestTimeout`), "cancelled" (signOut()
+ *                             or another signIn() meanwhile). After a
+ *                             rejection the client holds no tokens.
  *   signOut() -> Promise<void>  blacklist the refresh token, send `logout`,
  *                             close, clear storage; emits `signedout`
  *                             with reason "signed_out".
@@ -117,11 +132,13 @@ export class IdentityError extends Error {
 
 /** A non-2xx answer from one of the token endpoints. */
 export class HttpError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, retryAfter = null) {
     super(detail || `HTTP ${status}`);
     this.name = "HttpError";
     this.status = status;
     this.detail = detail;
+    // Seconds, from a Retry-After header (a throttled sign-in), or null.
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -136,6 +153,10 @@ export function webSocketUrl(baseUrl) {
   const url = new URL("/ws/", baseUrl);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   return url.href;
+}
+
+function connectionFailed() {
+  return new IdentityError("connection_failed", "Could not connect to the server.");
 }
 
 function memoryStorage() {
@@ -166,6 +187,12 @@ function detailOf(body) {
   return null;
 }
 
+/** Retry-After in whole seconds (the delta form; this server sends no dates). */
+function retryAfterOf(response) {
+  const seconds = Number.parseInt(response.headers?.get?.("Retry-After") ?? "", 10);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : null;
+}
+
 export class IdentityClient {
   constructor(options = {}) {
     this._baseUrl = options.baseUrl ?? globalThis.location?.origin;
@@ -189,6 +216,7 @@ export class IdentityClient {
     this._refreshing = null;
     this._lastHintedRefresh = -Infinity;
     this._lastDisconnect = null;
+    this._signingIn = null; // {resolve, reject, timer} while signIn() waits for `auth`
 
     this._state = "offline";
     this._retryAt = null;
@@ -261,19 +289,29 @@ export class IdentityClient {
     return true;
   }
 
-  /** Exchange credentials for a token pair, store it, and connect. */
-  async signIn(username, password) {
+  /** Exchange credentials for tokens, connect, and resolve once the identity is registered. */
+  async signIn(username, password, { timeout = this._requestTimeout } = {}) {
     const tokens = await this._post("/api/token/", { username, password });
     if (!isTokenPair(tokens)) throw new HttpError(500, "The server sent no tokens.");
+    this._cancelSignIn();
     // Another identity may still be connected in this tab; it goes quietly.
     this._teardown();
     this._saveTokens(tokens);
     this._attempt = 0;
+    const established = new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => this._failSignIn(new IdentityError("timeout", "The server did not answer in time.")),
+        timeout,
+      );
+      this._signingIn = { resolve, reject, timer };
+    });
     this._connect();
+    return established;
   }
 
   /** Sign out here and on the server; emits `signedout` ("signed_out"). */
   async signOut() {
+    this._cancelSignIn();
     const refresh = this._tokens?.refresh;
     if (refresh) await this._blacklist(refresh);
     if (this._state === "online") {
@@ -377,7 +415,8 @@ export class IdentityClient {
     try {
       ws = new this._WebSocket(this._wsUrl);
     } catch {
-      this._scheduleReconnect();
+      if (this._signingIn) this._failSignIn(connectionFailed());
+      else this._scheduleReconnect();
       return;
     }
     this._ws = ws;
@@ -430,6 +469,15 @@ export class IdentityClient {
     this._lastDisconnect = null;
     this._failPending("connection_closed", "The connection closed.");
     const reason = push?.reason ?? null;
+    if (this._signingIn) {
+      // Not signed in yet: say why rather than retrying in the background.
+      this._emit("disconnect", { code, reason, reconnect: false });
+      const error = reason
+        ? new IdentityError(reason, `The server closed the connection (${reason}).`)
+        : connectionFailed();
+      this._failSignIn(error);
+      return;
+    }
     const final = FINAL_CLOSE_CODES.has(code) || push?.reconnect === false;
     this._emit("disconnect", { code, reason, reconnect: !final });
     if (final) {
@@ -479,8 +527,10 @@ export class IdentityClient {
     let reply;
     try {
       reply = await this._requestOn(ws, "auth", this._tokens.access, this._requestTimeout);
-    } catch {
-      if (ws === this._ws) this._reconnect();
+    } catch (err) {
+      if (ws !== this._ws) return;
+      if (this._signingIn) this._failSignIn(err);
+      else this._reconnect();
       return;
     }
     if (ws !== this._ws) return;
@@ -488,7 +538,9 @@ export class IdentityClient {
       this._identified(reply);
       return;
     }
-    await this._onAuthRefused(ws, reply?.error?.code ?? "token_invalid", mayRefresh);
+    const { code = "token_invalid", message = code } = reply?.error ?? {};
+    if (this._signingIn) this._failSignIn(new IdentityError(code, message, "auth"));
+    else await this._onAuthRefused(ws, code, mayRefresh);
   }
 
   async _onAuthRefused(ws, code, mayRefresh) {
@@ -508,6 +560,41 @@ export class IdentityClient {
     this._expiresAt = expiresAt;
     this._setState("online");
     this._emit("identity", { user, expiresAt });
+    const signingIn = this._signingIn;
+    if (signingIn) {
+      this._signingIn = null;
+      clearTimeout(signingIn.timer);
+      signingIn.resolve({ user, expiresAt });
+    }
+  }
+
+  /**
+   * A signIn() that did not get its identity: reject it and forget its tokens
+   * without a `signedout` event (nobody was signed in).
+   */
+  _failSignIn(error) {
+    const signingIn = this._signingIn;
+    if (!signingIn) return;
+    this._signingIn = null;
+    clearTimeout(signingIn.timer);
+    const refresh = this._tokens?.refresh;
+    this._teardown();
+    this._clearTokens();
+    this._user = null;
+    this._expiresAt = null;
+    this._attempt = 0;
+    this._setState("offline");
+    if (refresh) this._blacklist(refresh);
+    signingIn.reject(error);
+  }
+
+  /** signOut() or a second signIn() supersedes a pending one. */
+  _cancelSignIn() {
+    const signingIn = this._signingIn;
+    if (!signingIn) return;
+    this._signingIn = null;
+    clearTimeout(signingIn.timer);
+    signingIn.reject(new IdentityError("cancelled", "Another sign-in or a sign-out came first."));
   }
 
   _onSession(ws, { event }) {
@@ -591,7 +678,7 @@ export class IdentityClient {
       credentials: "same-origin",
     });
     const data = await response.json().catch(() => null);
-    if (!response.ok) throw new HttpError(response.status, detailOf(data));
+    if (!response.ok) throw new HttpError(response.status, detailOf(data), retryAfterOf(response));
     return data;
   }
 
