@@ -102,7 +102,15 @@ async def uncancellable(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 class IdentityConsumer(AsyncJsonWebsocketConsumer):
-    """Authenticates a socket with a SimpleJWT access token and serves the protocol."""
+    """Authenticates a socket with a SimpleJWT access token and serves the protocol.
+
+    One socket's life: client frames come in through `serve`, one at a time
+    under `lock`; channel-layer events through `deliver` (pushes queue behind
+    the frame in hand, at most EVENT_BACKLOG; a withdrawal goes ahead of them);
+    timers through `fire_timer`. Every write goes through `transmit`, which
+    turns a connection the server can no longer write to into a quiet end.
+    However the socket ends, `end` leaves the registry and the groups.
+    """
 
     # Action -> handler method name; looked up per frame instead of holding
     # seven bound methods on every socket.
