@@ -577,13 +577,7 @@ export class IdentityClient {
     if (!signingIn) return;
     this._signingIn = null;
     clearTimeout(signingIn.timer);
-    const refresh = this._tokens?.refresh;
-    this._teardown();
-    this._clearTokens();
-    this._user = null;
-    this._expiresAt = null;
-    this._attempt = 0;
-    this._setState("offline");
+    const refresh = this._forget();
     if (refresh) this._blacklist(refresh);
     signingIn.reject(error);
   }
@@ -654,8 +648,8 @@ export class IdentityClient {
     this._saveTokens({ access: fresh.access, refresh: fresh.refresh ?? tokens.refresh });
   }
 
-  /** Forget the identity and the tokens, then tell listeners why. */
-  _dropSession(reason) {
+  /** Close the socket, forget the identity and the tokens; the refresh token it had. */
+  _forget() {
     const refresh = this._tokens?.refresh;
     this._teardown();
     this._clearTokens();
@@ -663,6 +657,12 @@ export class IdentityClient {
     this._expiresAt = null;
     this._attempt = 0;
     this._setState("offline");
+    return refresh;
+  }
+
+  /** Forget the identity and the tokens, then tell listeners why. */
+  _dropSession(reason) {
+    const refresh = this._forget();
     this._emit("signedout", { reason });
     // A discarded refresh token should not stay usable by whoever copies it.
     if (refresh && reason !== "signed_out") this._blacklist(refresh);
