@@ -70,6 +70,7 @@ def snapshot() -> dict[str, Any]:
     series = counters.last_hour(now)
     return {
         "now": now,
+        "as_of": timezone.localtime(now).strftime("%H:%M:%S %Z"),
         "users_online": len(online),
         "open_sockets": sum(row["sockets"] for row in online),
         "online": [
@@ -170,6 +171,7 @@ def data(request: HttpRequest) -> HttpResponse:
     body = render_to_string(BODY_TEMPLATE, figures, request)
     return JsonResponse(
         {
+            "as_of": figures["as_of"],
             "users_online": figures["users_online"],
             "open_sockets": figures["open_sockets"],
             "connects": figures["connects"],

@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 def ago(then: datetime, now: datetime | None = None) -> str:
     """How long ago THEN was, in the largest whole unit: "12 s ago", "3 min ago"."""
     seconds = int(((now or timezone.now()) - then).total_seconds())
-    if seconds < 0:
+    if seconds <= 0:  # or a clock a little ahead of ours
         return "just now"
     for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
