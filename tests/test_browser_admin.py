@@ -54,13 +54,26 @@ def phone(browser: Browser) -> Iterator[Page]:
 
 
 def assert_in_viewport(page: Page, locator: Locator) -> None:
-    """The element is drawn wholly inside the viewport, without scrolling."""
+    """The element is drawn wholly inside the viewport, without scrolling, and not hidden.
+
+    The box alone is not enough: a column scrolled out of the list's own
+    scrolling box keeps a box inside the viewport, under the filter sidebar.
+    So the point at the box's centre must show this element too.
+    """
     box = locator.bounding_box()
     size = page.viewport_size
     assert box is not None and size is not None
     assert box["x"] >= 0 and box["y"] >= 0, box
     assert box["x"] + box["width"] <= size["width"], (box, size)
     assert box["y"] + box["height"] <= size["height"], (box, size)
+    shown = locator.evaluate(
+        """(element) => {
+            const box = element.getBoundingClientRect();
+            const top = document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+            return top !== null && (element === top || element.contains(top));
+        }"""
+    )
+    assert shown, f"{locator} is covered or scrolled out of its box"
 
 
 def assert_kicked(ws: ClientConnection) -> None:
