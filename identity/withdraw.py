@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
@@ -46,6 +46,9 @@ WHAT = {
 }
 
 Unreached = (push.LayerUnreachable, LayerUnavailable)
+
+# Seconds between attempts to record a withdrawal the database was too busy to take.
+RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4)
 
 
 @contextlib.contextmanager
@@ -166,22 +169,33 @@ def record(
 ) -> None:
     """Keep a Withdrawal row for the dashboard; never fail the withdrawal for it."""
     failed = isinstance(result, Exception)
-    try:
-        # A savepoint: a failed insert must not spoil the caller's transaction.
-        with transaction.atomic():
-            Withdrawal.objects.create(
-                at=timezone.now(),
-                user_id=user_id,
-                username=username,
-                what=what[:64],
-                reason=str(reason),
-                actor=actor[:200],
-                closed=getattr(result, "closed", 0) if failed else result,
-                failed=failed,
-                detail=failure(username, result)[:300] if failed else "",
-            )
-    except Exception:
-        logger.warning("could not record the %s of %s", what, username, exc_info=True)
+    row = Withdrawal(
+        at=timezone.now(),
+        user_id=user_id,
+        username=username,
+        what=what[:64],
+        reason=str(reason),
+        actor=actor[:200],
+        closed=getattr(result, "closed", 0) if failed else result,
+        failed=failed,
+        detail=failure(username, result)[:300] if failed else "",
+    )
+    for pause in (*RECORD_RETRIES, None):
+        try:
+            # A savepoint: a failed insert must not spoil the caller's transaction.
+            with transaction.atomic():
+                row.save()
+            return
+        except OperationalError:
+            # The sockets just closed are leaving the registry now: on SQLite
+            # their writes can hold the lock past its busy timeout (at once,
+            # on an in-memory database).
+            if pause is None or transaction.get_connection().in_atomic_block:
+                break
+            time.sleep(pause)
+        except Exception:
+            break
+    logger.warning("could not record the %s of %s", what, username, exc_info=True)
 
 
 def _username(user_id: int) -> str:

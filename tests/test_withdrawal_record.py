@@ -6,6 +6,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 
 from identity import push, withdraw
 from identity.models import Withdrawal
@@ -75,11 +76,29 @@ async def test_a_record_that_cannot_be_written_does_not_stop_the_withdrawal(
 ):
     client = await connect(access_for(alice))
 
-    def broken(**fields):
+    def broken(self, *args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Withdrawal.objects, "create", broken)
+    monkeypatch.setattr(Withdrawal, "save", broken)
     closed = await as_request(withdraw.disconnect, alice.pk, push.Reason.KICKED, "alice")
     assert closed == 1
     await assert_withdrawn(client, "kicked")
     assert "could not record the kick of alice" in caplog.text
+
+
+async def test_a_record_waits_out_a_busy_database(alice, connect, monkeypatch, caplog):
+    # The sockets just closed write the registry at that moment (SQLite: "locked").
+    client = await connect(access_for(alice))
+    real_save, attempts = Withdrawal.save, []
+
+    def busy_twice(self, *args, **kwargs):
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise OperationalError("database table is locked")
+        real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Withdrawal, "save", busy_twice)
+    assert await as_request(withdraw.disconnect, alice.pk, push.Reason.KICKED, "alice") == 1
+    await assert_withdrawn(client, "kicked")
+    assert len(attempts) == 3 and "could not record" not in caplog.text
+    assert await adb(rows)() == [("alice", "kick", "kicked", "code", 1, False)]
