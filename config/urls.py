@@ -6,10 +6,20 @@ from django.contrib import admin
 from django.urls import path
 from rest_framework_simplejwt.views import TokenBlacklistView, TokenRefreshView
 
-from identity import api, views
+from identity import api, dashboard, views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path(
+        "admin/identity/dashboard/",
+        admin.site.admin_view(dashboard.page),
+        name="identity_dashboard",
+    ),
+    path(
+        "admin/identity/dashboard/data/",
+        admin.site.admin_view(dashboard.data),
+        name="identity_dashboard_data",
+    ),
     path("admin/", admin.site.urls),
     path("api/token/", api.SignInView.as_view(), name="token_obtain_pair"),
     path("api/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),

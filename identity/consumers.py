@@ -23,7 +23,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, guard, heartbeat, push, registry, sessions, timers
+from identity import conf, counters, guard, heartbeat, push, registry, sessions, timers
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
 from identity.logs import throttled
@@ -222,6 +222,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         await self.accept()
+        counters.count(counters.CONNECT)
         heartbeat.ensure_running()
         self.start_timer(conf.auth_timeout(), self.on_auth_timeout)
 
@@ -373,15 +374,15 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             user, expires_at = await self.verify(envelope.payload)
         except ServiceUnavailable as exc:
             # The server's fault, not the client's: no attempt is counted.
-            await self.reply(envelope, auth_failure(exc.code, exc.message))
+            await self.refuse_auth(envelope, exc)
             return
         except DatabaseError:
             logger.warning("database unavailable during auth", exc_info=True)
             failure = ServiceUnavailable("The server cannot reach its database; try again.")
-            await self.reply(envelope, auth_failure(failure.code, failure.message))
+            await self.refuse_auth(envelope, failure)
             return
         except IdentityError as exc:
-            await self.reply(envelope, auth_failure(exc.code, exc.message))
+            await self.refuse_auth(envelope, exc)
             await self.count_failed_auth()
             return
         self.failed_auths = 0
@@ -389,6 +390,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         await self.reply(envelope, self.auth_success())
         if 0 < expires_at - time.time() <= conf.expiry_notice():
             await self.push_expiring()
+
+    async def refuse_auth(self, envelope: Envelope, exc: IdentityError) -> None:
+        counters.count(counters.AUTH_FAILURE, str(exc.code))
+        await self.reply(envelope, auth_failure(exc.code, exc.message))
 
     async def verify(self, raw: Any) -> tuple[Any, int]:
         """Resolve the token's user; register the socket if it was anonymous."""

@@ -25,7 +25,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from identity import conf, push, registry, relay
+from identity import conf, counters, push, registry, relay
 from identity.models import WithdrawalRequest
 from identity.protocol import Reason
 
@@ -69,6 +69,10 @@ def _start(
 
 def _retire() -> None:
     try:
+        counters.flush()
+    except Exception:
+        logger.warning("could not flush the connect counters", exc_info=True)
+    try:
         registry.retire()
     except Exception:
         logger.warning("could not retire this process's sockets", exc_info=True)
@@ -81,7 +85,11 @@ async def _beat_forever() -> None:
 
 
 async def beat_once() -> None:
-    """One heartbeat: vouch for this process, purge dead ones, push their `offline`."""
+    """One heartbeat: vouch for this process, purge dead ones, push their `offline`.
+
+    Also adds this process's connect and auth-failure counts to the database
+    (identity.counters).
+    """
     try:
         gone = await database_sync_to_async(registry.heartbeat)()
         await database_sync_to_async(relay.purge_stale)()
@@ -89,6 +97,10 @@ async def beat_once() -> None:
         # A database outage must not kill the loop; the next beat retries.
         logger.warning("identity heartbeat failed", exc_info=True)
         return
+    try:
+        await database_sync_to_async(counters.flush)()
+    except Exception:
+        logger.warning("could not flush the connect counters", exc_info=True)
     for user_id, username in gone:
         try:
             await push.push_presence("offline", user_id, username)

@@ -36,6 +36,9 @@ class ServerProcess(models.Model):
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField(db_index=True)
 
+    class Meta:
+        verbose_name_plural = "server processes"
+
     def __str__(self) -> str:
         return self.id
 
@@ -97,3 +100,45 @@ class WithdrawalRequest(models.Model):
     def __str__(self) -> str:
         target = self.channel_name or f"user {self.user_id}"
         return f"{self.reason} {target} on {self.server_id}"
+
+
+class MinuteCount(models.Model):
+    """How many times something happened in one minute, across server processes.
+
+    Each process counts in memory and adds its counts here with its heartbeat
+    (identity.counters), so the socket path never waits on this table.
+    """
+
+    minute = models.DateTimeField()  # the minute's start, UTC
+    kind = models.CharField(max_length=32)  # "connect" or "auth_failure"
+    code = models.CharField(max_length=32, blank=True)  # the error code of a failure
+    n = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "kind", "code"], name="minute_kind_code")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.code} at {self.minute:%H:%M}: {self.n}"
+
+
+class Withdrawal(models.Model):
+    """A withdrawal as it happened: whose sockets, why, by whom, how many closed."""
+
+    at = models.DateTimeField(db_index=True)
+    # No foreign key: the record outlives a deleted user.
+    user_id = models.BigIntegerField()
+    username = models.CharField(max_length=150)
+    what = models.CharField(max_length=64)  # "kick", "revoke", "deactivation", ...
+    reason = models.CharField(max_length=32)
+    actor = models.CharField(max_length=200)
+    closed = models.IntegerField(default=0)
+    failed = models.BooleanField(default=False)
+    detail = models.CharField(max_length=300, blank=True)  # why it failed
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.what} of {self.username} by {self.actor}"

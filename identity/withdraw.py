@@ -5,7 +5,8 @@ only after the database change commits, so a socket's own cleanup never races
 the change that closed it (and presence is pushed exactly once).
 
 Every withdrawal is logged once at INFO on the `identity` loggers: what, whom,
-who did it (`acting_as`), the reason and how many sockets closed.
+who did it (`acting_as`), the reason and how many sockets closed; and recorded
+as a Withdrawal row, which the admin's dashboard lists.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import OperationalError, transaction
+from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from identity import push
 from identity.layers import LayerUnavailable
-from identity.models import UserIdentity
+from identity.models import UserIdentity, Withdrawal
 from identity.protocol import Reason
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ WHAT = {
 }
 
 Unreached = (push.LayerUnreachable, LayerUnavailable)
+
+# Seconds between attempts to record a withdrawal the database was too busy to take.
+RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4)
 
 
 @contextlib.contextmanager
@@ -69,6 +74,18 @@ def outcome(username: str, closed: int) -> str:
     if closed == 0:
         return f"{username} had no open socket"
     return f"{closed} socket{'s' if closed != 1 else ''} closed for {username}"
+
+
+def revoked(username: str, closed: int) -> str:
+    """What a revoke did: "Tokens of alice revoked; 2 sockets closed for alice"."""
+    return f"Tokens of {username} revoked; {outcome(username, closed)}"
+
+
+def deactivated(username: str, closed: int) -> str:
+    """What a deactivation did: "alice was deactivated; 2 sockets closed"."""
+    if closed == 0:
+        return f"{username} was deactivated; they had no open socket"
+    return f"{username} was deactivated; {closed} socket{'s' if closed != 1 else ''} closed"
 
 
 def failure(username: str, exc: Exception) -> str:
@@ -117,8 +134,10 @@ def kick_connection(channel_name: str, user_id: int, username: str) -> int:
         closed = push.disconnect_connection_sync(channel_name, Reason.KICKED)
     except Unreached as exc:
         logger.warning("%s: %s", what, failure(username, exc))
+        record(user_id, username, "kick of one socket", Reason.KICKED, actor, exc)
         raise
     logger.info("%s: %s", what, outcome(username, closed))
+    record(user_id, username, "kick of one socket", Reason.KICKED, actor, closed)
     return closed
 
 
@@ -138,9 +157,45 @@ def _withdraw(
         closed = push.disconnect_user_sync(user_id, reason, connections, offline_username)
     except Unreached as exc:
         logger.warning("%s: %s", what, failure(username, exc))
+        record(user_id, username, verb, reason, actor, exc)
         raise
     logger.info("%s: %s", what, outcome(username, closed))
+    record(user_id, username, verb, reason, actor, closed)
     return closed
+
+
+def record(
+    user_id: int, username: str, what: str, reason: str, actor: str, result: int | Exception
+) -> None:
+    """Keep a Withdrawal row for the dashboard; never fail the withdrawal for it."""
+    failed = isinstance(result, Exception)
+    row = Withdrawal(
+        at=timezone.now(),
+        user_id=user_id,
+        username=username,
+        what=what[:64],
+        reason=str(reason),
+        actor=actor[:200],
+        closed=getattr(result, "closed", 0) if failed else result,
+        failed=failed,
+        detail=failure(username, result)[:300] if failed else "",
+    )
+    for pause in (*RECORD_RETRIES, None):
+        try:
+            # A savepoint: a failed insert must not spoil the caller's transaction.
+            with transaction.atomic():
+                row.save()
+            return
+        except OperationalError:
+            # The sockets just closed are leaving the registry now: on SQLite
+            # their writes can hold the lock past its busy timeout (at once,
+            # on an in-memory database).
+            if pause is None or transaction.get_connection().in_atomic_block:
+                break
+            time.sleep(pause)
+        except Exception:
+            break
+    logger.warning("could not record the %s of %s", what, username, exc_info=True)
 
 
 def _username(user_id: int) -> str:
@@ -161,6 +216,7 @@ def disconnect_on_commit(user_id: int, reason: Reason, username: str | None = No
             report,
             username or _username(user_id),
             lambda name: _withdraw(user_id, name, reason, verb, actor=actor),
+            deactivated if reason is Reason.USER_INACTIVE else revoked,
         )
 
     transaction.on_commit(after_commit)
@@ -190,8 +246,13 @@ def delete_on_commit(user_id: int, username: str, connections: list[Any]) -> Non
     transaction.on_commit(after_commit)
 
 
-def _withdraw_reported(report: Report | None, username: str, run: Callable[[str], int]) -> int:
-    """Run a withdrawal nobody awaits: report it, and log (never raise) a failure."""
+def _withdraw_reported(
+    report: Report | None,
+    username: str,
+    run: Callable[[str], int],
+    say: Callable[[str, int], str] = outcome,
+) -> int:
+    """Run a withdrawal nobody awaits: report it (in SAY's words), log (never raise) a failure."""
     try:
         closed = run(username)
     except Unreached as exc:
@@ -204,5 +265,5 @@ def _withdraw_reported(report: Report | None, username: str, run: Callable[[str]
             report(False, f"{username}: nothing closed: an error occurred (see the log)")
         return 0
     if report is not None:
-        report(True, outcome(username, closed))
+        report(True, say(username, closed))
     return closed

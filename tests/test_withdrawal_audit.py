@@ -94,7 +94,7 @@ async def test_an_admin_deactivation_is_logged_with_the_admin_and_reported(
     data.pop("groups", None)
     data.pop("user_permissions", None)
     done = await admin_client.post(f"/admin/auth/user/{alice.pk}/change/", data, follow=True)
-    assert "1 socket closed for alice." in done.content.decode()
+    assert "User alice was deactivated; 1 socket closed." in done.content.decode()
     await assert_withdrawn(client, "user_inactive")
     assert_logged_once(
         caplog,
