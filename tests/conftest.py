@@ -176,3 +176,13 @@ class RequestClient(AsyncClient):
     async def request(self, **request: Any) -> Any:
         async with request_thread():
             return await super().request(**request)
+
+
+@pytest.fixture
+async def admin_client(staff: Any) -> RequestClient:
+    """The admin as a superuser sees it (the `staff` operator, promoted)."""
+    staff.is_superuser = True
+    await adb(staff.save)()
+    client = RequestClient()
+    await client.aforce_login(staff)
+    return client

@@ -5,19 +5,10 @@ from __future__ import annotations
 import pytest
 
 from identity.models import Connection, ServerProcess
-from tests.conftest import RequestClient, access_for, adb, refresh_for
+from tests.conftest import access_for, adb, refresh_for
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def admin_client(staff) -> RequestClient:
-    staff.is_superuser = True
-    await adb(staff.save)()
-    client = RequestClient()
-    await client.aforce_login(staff)
-    return client
 
 
 async def watching(connect, user):

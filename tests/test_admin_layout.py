@@ -7,13 +7,11 @@ import re
 import pytest
 
 from identity.models import Connection, ServerProcess
-from tests import test_admin_delete
 from tests.conftest import access_for, adb
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-admin_client = test_admin_delete.admin_client
 MICROSECONDS = re.compile(r"\d\d:\d\d:\d\d\.\d{6}")
 RELATIVE = re.compile(r'title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">(just now|\d+ s ago)</time>')
 

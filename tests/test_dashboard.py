@@ -12,13 +12,12 @@ from django.utils import timezone
 
 from identity import heartbeat, registry
 from identity.models import MinuteCount, ServerProcess
-from tests import test_admin_delete, test_counters
+from tests import test_counters
 from tests.conftest import access_for, adb, as_request, grant, make_user
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-admin_client = test_admin_delete.admin_client
 empty_counter = test_counters.empty_counter
 PAGE, DATA = "/admin/identity/dashboard/", "/admin/identity/dashboard/data/"
 

@@ -9,19 +9,10 @@ from django.core.management import call_command
 from django.test import AsyncClient
 
 from identity.models import Connection
-from tests.conftest import RequestClient, access_for, adb, as_request
+from tests.conftest import access_for, adb, as_request
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def admin_client(staff) -> AsyncClient:
-    staff.is_superuser = True
-    await adb(staff.save)()
-    client = RequestClient()
-    await client.aforce_login(staff)
-    return client
 
 
 async def test_the_user_list_shows_online_state_and_socket_count(alice, bob, admin_client, connect):

@@ -9,14 +9,13 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from tests import test_admin_delete, test_withdrawal_acks
+from tests import test_withdrawal_acks
 from tests.conftest import RequestClient, access_for, adb, as_request
 from tests.test_withdrawal import assert_withdrawn, bearer
 from tests.test_withdrawal_acks import add_ghost
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-admin_client = test_admin_delete.admin_client
 short_acks = test_withdrawal_acks.short_acks
 
 

@@ -10,13 +10,10 @@ from django.db import OperationalError
 
 from identity import push, withdraw
 from identity.models import Withdrawal
-from tests import test_admin_delete
 from tests.conftest import access_for, adb, as_request
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-admin_client = test_admin_delete.admin_client
 
 
 def rows() -> list[tuple]:
