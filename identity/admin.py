@@ -33,6 +33,7 @@ from django.utils.html import format_html, format_html_join
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from identity import registry, times, withdraw
+from identity.layers import LayerUnavailable
 from identity.models import Connection, ServerProcess
 from identity.protocol import Reason
 
@@ -103,7 +104,7 @@ def _withdraw_each(
             username = user.get_username()
             try:
                 closed = act(user)
-            except withdraw.Unreached as exc:
+            except LayerUnavailable as exc:
                 text = done_anyway.format(username) + withdraw.failure(username, exc)
                 modeladmin.message_user(request, text, messages.ERROR)
             else:
@@ -271,7 +272,7 @@ class IdentityUserAdmin(DjangoUserAdmin):
         with withdraw.acting_as(_actor(request)):
             try:
                 closed = withdraw.kick_connection(channel, user_id, username)
-            except withdraw.Unreached as exc:
+            except LayerUnavailable as exc:
                 self.message_user(request, withdraw.failure(username, exc), messages.ERROR)
             else:
                 level = messages.SUCCESS if closed else messages.WARNING
@@ -373,7 +374,7 @@ class ConnectionAdmin(admin.ModelAdmin):
                     closed[username] += withdraw.kick_connection(
                         connection.channel_name, connection.user_id, username
                     )
-                except withdraw.Unreached as exc:
+                except LayerUnavailable as exc:
                     self.message_user(request, withdraw.failure(username, exc), messages.ERROR)
         for username, count in closed.items():
             self.message_user(request, _said(withdraw.outcome(username, count)), messages.SUCCESS)

@@ -25,6 +25,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView
 
 from identity import registry, tokens, withdraw
 from identity.exceptions import IdentityError
+from identity.layers import LayerUnavailable
 from identity.protocol import Reason, storable_text
 from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, SignInAddressThrottle
 
@@ -170,7 +171,7 @@ def _withdrawn(request: Request, username: str, action: Any) -> Response:
     try:
         with withdraw.acting_as(f"staff API user {request.user.get_username()}"):
             closed = action()
-    except withdraw.Unreached as exc:
+    except LayerUnavailable as exc:
         return Response(
             {
                 "detail": withdraw.failure(username, exc),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from identity import conf
+from identity.layers import in_process
 from identity.origins import split_origin
 
 
@@ -39,8 +41,7 @@ def check_identity_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]
                 id="identity.E003",
             )
         )
-    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
-    if not settings.DEBUG and backend.endswith("InMemoryChannelLayer"):
+    if not settings.DEBUG and in_process(get_channel_layer()):
         problems.append(
             Warning(
                 "The in-memory channel layer serves one process only.",

@@ -23,9 +23,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 
 from identity import conf, counters, push, registry, relay
+from identity.layers import in_process
 from identity.models import WithdrawalRequest
 from identity.protocol import Reason
 
@@ -52,7 +53,7 @@ def ensure_running() -> None:
             # itself retires its sockets as it exits.
             atexit.register(_retire)
         _start(_tasks, loop, _beat_forever, "identity-heartbeat")
-    if conf.withdrawal_poll() > 0 and isinstance(get_channel_layer(), InMemoryChannelLayer):
+    if conf.withdrawal_poll() > 0 and in_process(get_channel_layer()):
         _start(_pollers, loop, _poll_forever, "identity-withdrawal-poll")
 
 

@@ -165,7 +165,17 @@ async def release(layer: BaseChannelLayer, channel: str) -> None:
 
 
 class LayerUnavailable(Exception):
-    """The channel layer (Redis) did not answer; the operation did not happen."""
+    """Sockets cannot be reached: the channel layer (Redis) did not answer.
+
+    The one error for "the sockets can't be reached"; identity.push's
+    LayerUnreachable (another process on the in-memory layer did not answer)
+    is a kind of it.
+    """
+
+
+def in_process(layer: BaseChannelLayer) -> bool:
+    """Whether LAYER reaches only this process's sockets (the in-memory layer)."""
+    return isinstance(layer, _InMemoryLayer)
 
 
 async def guarded(awaitable: Any, what: str) -> Any:

@@ -19,11 +19,11 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
 from identity import registry, relay
-from identity.layers import release
+from identity.layers import LayerUnavailable, in_process, release
 from identity.protocol import Action, Reason, frame, user_payload
 
 __all__ = [
@@ -64,7 +64,7 @@ def user_group(user_id: int) -> str:
     return f"identity.user.{user_id}"
 
 
-class LayerUnreachable(Exception):
+class LayerUnreachable(LayerUnavailable):
     """Sockets live in a server process that did not take up the withdrawal in time.
 
     On the in-memory channel layer only the database reaches another process
@@ -85,7 +85,7 @@ def _layer() -> Any:
 def _elsewhere(server_id: str) -> bool:
     """Whether a socket of that process is out of this process's channel layer's reach."""
     # The in-memory layer lives inside one process; Redis reaches them all.
-    return server_id != registry.SERVER_ID and isinstance(_layer(), InMemoryChannelLayer)
+    return server_id != registry.SERVER_ID and in_process(_layer())
 
 
 def _split(connections: list[Any]) -> tuple[int, dict[str, int]]:

@@ -45,8 +45,6 @@ WHAT = {
     Reason.USER_DELETED: "delete",
 }
 
-Unreached = (push.LayerUnreachable, LayerUnavailable)
-
 # Seconds between attempts to record a withdrawal the database was too busy to take.
 RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4)
 
@@ -132,7 +130,7 @@ def kick_connection(channel_name: str, user_id: int, username: str) -> int:
     what = f"kick of one socket of {username} (user {user_id}) by {actor}, reason kicked"
     try:
         closed = push.disconnect_connection_sync(channel_name, Reason.KICKED)
-    except Unreached as exc:
+    except LayerUnavailable as exc:
         logger.warning("%s: %s", what, failure(username, exc))
         record(user_id, username, "kick of one socket", Reason.KICKED, actor, exc)
         raise
@@ -155,7 +153,7 @@ def _withdraw(
     what = f"{verb} of {username} (user {user_id}) by {actor}, reason {reason}"
     try:
         closed = push.disconnect_user_sync(user_id, reason, connections, offline_username)
-    except Unreached as exc:
+    except LayerUnavailable as exc:
         logger.warning("%s: %s", what, failure(username, exc))
         record(user_id, username, verb, reason, actor, exc)
         raise
@@ -255,7 +253,7 @@ def _withdraw_reported(
     """Run a withdrawal nobody awaits: report it (in SAY's words), log (never raise) a failure."""
     try:
         closed = run(username)
-    except Unreached as exc:
+    except LayerUnavailable as exc:
         if report is not None:
             report(False, failure(username, exc))
         return getattr(exc, "closed", 0)

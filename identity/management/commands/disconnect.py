@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from identity import withdraw
+from identity.layers import LayerUnavailable
 from identity.management.commands._identity import get_user
 from identity.protocol import Reason
 
@@ -22,6 +23,6 @@ class Command(BaseCommand):
         try:
             with withdraw.acting_as("command"):
                 closed = withdraw.disconnect(user.pk, Reason.KICKED, username)
-        except withdraw.Unreached as exc:
+        except LayerUnavailable as exc:
             raise CommandError(withdraw.failure(username, exc)) from exc
         self.stdout.write(f"{withdraw.outcome(username, closed)}.")

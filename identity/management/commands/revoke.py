@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from identity import withdraw
+from identity.layers import LayerUnavailable
 from identity.management.commands._identity import get_user
 
 REVOKED = "{}: every token issued so far is refused from now on."
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         try:
             with withdraw.acting_as("command"):
                 closed = withdraw.revoke(user.pk, username)
-        except withdraw.Unreached as exc:
+        except LayerUnavailable as exc:
             self.stdout.write(REVOKED.format(username))
             raise CommandError(
                 f"{withdraw.failure(username, exc)} (open sockets end at their token's expiry)"
