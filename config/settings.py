@@ -235,7 +235,6 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": False,
     "ALGORITHM": "HS256",
     "SIGNING_KEY": env_str("JWT_SIGNING_KEY", SECRET_KEY),
-    "TOKEN_OBTAIN_SERIALIZER": "identity.api.TokenObtainSerializer",
     "TOKEN_REFRESH_SERIALIZER": "identity.api.TokenRefreshSerializer",
     "TOKEN_BLACKLIST_SERIALIZER": "identity.api.TokenBlacklistSerializer",
 }

@@ -32,10 +32,6 @@ from identity.throttling import FailedSignInThrottle, SignInAccountThrottle, Sig
 logger = logging.getLogger(__name__)
 
 
-class TokenObtainSerializer(jwt_serializers.TokenObtainPairSerializer):
-    """`POST /api/token/`: SimpleJWT's, unchanged (named here so settings point at us)."""
-
-
 class SignInView(TokenObtainPairView):
     """`POST /api/token/`, throttled on failed attempts per account and per address."""
 

@@ -442,7 +442,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_presence(self, envelope: Envelope) -> None:
         if not self.subscribed:
-            await self.channel_layer.group_add(push.PRESENCE_GROUP, self.channel_name)
+            await sessions.subscribe_presence(self.channel_name)
             self.subscribed = True
         users = await push.online_users()
         await self.reply(envelope, {"users": [u.as_dict() for u in users]})
@@ -487,20 +487,12 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.user = self.expires_at = None
         self.subscribed = False
         self.scope.pop("user", None)
-        groups = [push.user_group(user.pk)] + ([push.PRESENCE_GROUP] if subscribed else [])
         # A server shutting down cancels the socket once and exits when it
         # returns: leaving the registry must not stop halfway.
-        await uncancellable(self.leave(user, groups))
-
-    async def leave(self, user: Any, groups: list[str]) -> None:
-        """Leave GROUPS and the registry (pushing `offline` if it was the user's last socket)."""
-        try:
-            for group in groups:
-                await self.channel_layer.group_discard(group, self.channel_name)
-        except LayerUnavailable:
-            # Pushes to a channel nobody reads are dropped; nothing else to undo.
-            logger.warning("channel layer unavailable: %s left its groups late", self.channel_name)
-        await sessions.close_session(self.channel_name, user.pk, user.get_username())
+        session = sessions.close_session(
+            self.channel_name, user.pk, user.get_username(), subscribed
+        )
+        await uncancellable(session)
 
     # --- timers and channel-layer events ----------------------------------------
 

@@ -62,11 +62,6 @@ class Connection(models.Model):
     def __str__(self) -> str:
         return f"{self.user_id} on {self.server_id}"
 
-    @property
-    def last_seen(self):
-        """The last time the socket's server process confirmed it alive."""
-        return self.server.heartbeat_at
-
 
 class WithdrawalRequest(models.Model):
     """A withdrawal carried by the database to the server process holding the sockets.

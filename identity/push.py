@@ -78,14 +78,10 @@ class LayerUnreachable(LayerUnavailable):
         self.closed, self.missed = closed, missed
 
 
-def _layer() -> Any:
-    return get_channel_layer()
-
-
 def _elsewhere(server_id: str) -> bool:
     """Whether a socket of that process is out of this process's channel layer's reach."""
     # The in-memory layer lives inside one process; Redis reaches them all.
-    return server_id != registry.SERVER_ID and in_process(_layer())
+    return server_id != registry.SERVER_ID and in_process(get_channel_layer())
 
 
 def _split(connections: list[Any]) -> tuple[int, dict[str, int]]:
@@ -96,7 +92,7 @@ def _split(connections: list[Any]) -> tuple[int, dict[str, int]]:
 
 async def send_to_user(user_id: int, action: str, payload: Any) -> None:
     """Push a frame to every open socket of a user, on every process."""
-    await _layer().group_send(
+    await get_channel_layer().group_send(
         user_group(user_id), {"type": PUSH_EVENT, "frame": frame(action, payload)}
     )
 
@@ -147,7 +143,7 @@ async def withdraw_here(target: str, reason: Reason, expected: int, group: bool)
     Each socket acknowledges on a reply channel; the number that gave up an
     identity, counted until EXPECTED answered or ACK_TIMEOUT passed.
     """
-    layer = _layer()
+    layer = get_channel_layer()
     reply_to = await layer.new_channel()
     event = {"type": DISCONNECT_EVENT, "reason": str(reason), "reply_to": reply_to}
     try:
@@ -250,7 +246,7 @@ async def online_users() -> list[registry.OnlineUser]:
 async def push_presence(event: str, user_id: int, username: str) -> None:
     """Tell the sockets that asked `presence` that a user came or went."""
     payload = {"event": event, "user": user_payload(user_id, username)}
-    await _layer().group_send(
+    await get_channel_layer().group_send(
         PRESENCE_GROUP, {"type": PRESENCE_EVENT, "frame": frame(Action.PRESENCE, payload)}
     )
 
@@ -258,5 +254,11 @@ async def push_presence(event: str, user_id: int, username: str) -> None:
 send_to_user_sync = async_to_sync(send_to_user)
 disconnect_user_sync = async_to_sync(disconnect_user)
 disconnect_connection_sync = async_to_sync(disconnect_connection)
-online_users_sync = registry.online_users
+
+
+def online_users_sync() -> list[registry.OnlineUser]:
+    """Who is online now, across every process (sync code: one database read)."""
+    return registry.online_users()
+
+
 push_presence_sync = async_to_sync(push_presence)

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer as channel_layer
+from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 
 from identity import push, registry, tokens
@@ -38,7 +38,7 @@ async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens
     """
     user, token, first = await _open(raw, info)
     try:
-        await channel_layer().group_add(push.user_group(user.pk), info.channel_name)
+        await get_channel_layer().group_add(push.user_group(user.pk), info.channel_name)
     except LayerUnavailable as exc:
         await _unregister(info.channel_name, user.pk)
         raise ServiceUnavailable() from exc
@@ -55,12 +55,31 @@ async def best_effort(awaitable: Any) -> None:
         logger.warning("channel layer unavailable: a presence push was lost", exc_info=True)
 
 
-check_token = database_sync_to_async(tokens.authenticate)
-check_token.__doc__ = "Verify a token and resolve its user (re-auth of a known socket)."
+@database_sync_to_async
+def check_token(raw: Any) -> tuple[Any, tokens.VerifiedToken]:
+    """Verify a token and resolve its user (re-auth of a known socket)."""
+    return tokens.authenticate(raw)
 
 
-async def close_session(channel_name: str, user_id: int, username: str) -> None:
-    """Forget an authenticated socket; push `offline` if it was the user's last."""
+async def subscribe_presence(channel_name: str) -> None:
+    """From now on the socket receives the `presence` pushes (left in close_session)."""
+    await get_channel_layer().group_add(push.PRESENCE_GROUP, channel_name)
+
+
+async def close_session(
+    channel_name: str, user_id: int, username: str, subscribed: bool = False
+) -> None:
+    """Leave the groups open_session and subscribe_presence joined, and the registry.
+
+    Pushes `offline` if it was the user's last socket.
+    """
+    groups = [push.user_group(user_id)] + ([push.PRESENCE_GROUP] if subscribed else [])
+    try:
+        for group in groups:
+            await get_channel_layer().group_discard(group, channel_name)
+    except LayerUnavailable:
+        # Pushes to a channel nobody reads are dropped; nothing else to undo.
+        logger.warning("channel layer unavailable: %s left its groups late", channel_name)
     try:
         last = await _unregister(channel_name, user_id)
     except Exception:
