@@ -1,18 +1,17 @@
 """Channel layers: the in-memory default made cheap per socket, and Redis with bounds.
 
-Every socket has a channel, but a channel is idle nearly all its life. Channels'
+Every socket has a channel, but a channel is idle nearly all its life. The rule
+kept here: an idle channel costs a dict entry, no task and no queue. Channels'
 consumer keeps a task blocked in `layer.receive()` on each one, with a queue
-behind it, and wakes through `asyncio.wait` for every message: about 8 KiB per
-idle socket (docs/performance.md). `attach()` instead hands each message for a
-channel to a callback (the consumer's `deliver`), so an idle channel costs a
-dict entry. Both layers here do that; for any other layer `attach()` falls
-back to one task that pulls from `receive()`.
+behind it; `attach()` instead hands each message for a channel to a callback
+(the consumer's `deliver`). Both layers here do that; for any other layer
+`attach()` falls back to one task that pulls from `receive()`.
 
-The in-memory layer (no REDIS_URL): Channels' own sweeps every channel and
-group member for expired entries on *every* `receive`, so opening N sockets
-costs O(N^2) (the benchmark's 10,000 idle sockets opened at ~70/s with the
-server at 100% CPU). Here the sweep runs at most once per CLEAN_INTERVAL, and
+The in-memory layer (no REDIS_URL): opening N sockets must not cost O(N^2).
+Channels' own sweeps every channel and group member for expired entries on
+*every* `receive`; here the sweep runs at most once per CLEAN_INTERVAL, and
 `group_send` hands each member its copy in one loop instead of a task each.
+What each of these saved is measured in docs/performance.md.
 
 The Redis layer:
 channels-redis's RedisPubSubChannelLayer keeps group membership in the

@@ -1,9 +1,8 @@
 """The statements every session runs, in SQL built once from the models.
 
 Each `auth` looks up its user and records its socket; each close removes the
-socket. Through the ORM those three cost about 1.9 ms of Python per session
-(compiling the query, not running it: SQLite answers in microseconds), more
-than half of a session's CPU (docs/performance.md). Here the same statements
+socket. Through the ORM most of that time goes to compiling the queries, not
+running them (docs/performance.md). Here the same statements
 are rendered once per database vendor from the models' metadata, so they
 follow a custom user model and quote names the backend's way, and each call is
 one `cursor.execute`. Values go through the fields' own preparation and

@@ -1,10 +1,10 @@
 """Deadlines for every socket, on one event-loop timer.
 
 Each socket has at most one deadline pending: the `auth` timeout while it is
-anonymous, then `expiring`, then `expired`. A loop timer per socket (a
-TimerHandle, its arguments and a copy of the context) costs about 650 bytes
-for as long as the socket lives (docs/performance.md); here a deadline is a
-small entry in one heap per loop, and only the earliest has a loop timer.
+anonymous, then `expiring`, then `expired`. Rather than a loop timer per
+socket (a TimerHandle, its arguments and a copy of the context, for as long as
+the socket lives), a deadline is a small entry in one heap per loop, and only
+the earliest has a loop timer (docs/performance.md has what that saves).
 
 Cancelled entries leave the heap when they come up, or all at once when they
 outnumber the live ones, so sockets that closed cost nothing for long.
