@@ -16,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 from config.development import development_secret_key
+from identity.conf import DEFAULTS as IDENTITY_DEFAULTS
+from identity.conf import RATE_DEFAULTS as IDENTITY_RATE_DEFAULTS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -239,30 +241,17 @@ SIMPLE_JWT = {
     "TOKEN_BLACKLIST_SERIALIZER": "identity.api.TokenBlacklistSerializer",
 }
 
-# The protocol's knobs (PROTOCOL.md, "Settings that shape the protocol").
-IDENTITY_AUTH_TIMEOUT = env_number("IDENTITY_AUTH_TIMEOUT", 10)
-IDENTITY_EXPIRY_NOTICE = env_number("IDENTITY_EXPIRY_NOTICE", 30)
-IDENTITY_MAX_AUTH_ATTEMPTS = int(env_number("IDENTITY_MAX_AUTH_ATTEMPTS", 5))
-IDENTITY_MAX_FRAME_BYTES = int(env_number("IDENTITY_MAX_FRAME_BYTES", 65536))
-IDENTITY_RATE_LIMIT = env_number("IDENTITY_RATE_LIMIT", 30)
-IDENTITY_RATE_BURST = env_number("IDENTITY_RATE_BURST", 60)
-IDENTITY_MAX_CONNECTIONS_PER_USER = int(env_number("IDENTITY_MAX_CONNECTIONS_PER_USER", 0))
-IDENTITY_HEARTBEAT_INTERVAL = env_number("IDENTITY_HEARTBEAT_INTERVAL", 5)
-IDENTITY_HEARTBEAT_EXPIRY = env_number("IDENTITY_HEARTBEAT_EXPIRY", 15)
-# Failed `POST /api/token/` per username and per client address (429 past it).
-IDENTITY_LOGIN_RATE_PER_ACCOUNT = env_rate("IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min")
-IDENTITY_LOGIN_RATE_PER_ADDRESS = env_rate("IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min")
-# Per client address and server process (identity.guard); 0 turns each off.
-IDENTITY_MAX_ANONYMOUS_PER_ADDRESS = int(env_number("IDENTITY_MAX_ANONYMOUS_PER_ADDRESS", 50))
-IDENTITY_HANDSHAKE_RATE = env_number("IDENTITY_HANDSHAKE_RATE", 20)
-IDENTITY_HANDSHAKE_BURST = env_number("IDENTITY_HANDSHAKE_BURST", 40)
-# Seconds to send the request headers (identity.daphne_compat, identity.uvicorn_compat).
-IDENTITY_HANDSHAKE_TIMEOUT = env_number("IDENTITY_HANDSHAKE_TIMEOUT", 10)
+# The identity app's knobs: each IDENTITY_* variable of the environment, over
+# the defaults that identity.conf owns (what each one means is said there).
+for _name, _default in IDENTITY_DEFAULTS.items():
+    globals()[_name] = env_number(_name, _default)
+for _name, _default in IDENTITY_RATE_DEFAULTS.items():
+    globals()[_name] = env_rate(_name, _default)
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.
-DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = IDENTITY_MAX_FRAME_BYTES
-DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = IDENTITY_MAX_FRAME_BYTES
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = int(globals()["IDENTITY_MAX_FRAME_BYTES"])
+DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
 
 # Production (DEBUG off) assumes HTTPS, terminated here or at a proxy that sets
 # X-Forwarded-Proto. DJANGO_HTTPS=0 is for trying `make serve` over plain http.

@@ -1,4 +1,9 @@
-"""The identity settings, read lazily so `override_settings` works in tests."""
+"""The identity settings, read lazily so `override_settings` works in tests.
+
+This module owns their defaults: config/settings.py reads each IDENTITY_*
+variable of the environment over them, and a project that adds the app
+without those lines gets the same defaults here.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ DEFAULTS: dict[str, float] = {
     "IDENTITY_HANDSHAKE_BURST": 40,
     "IDENTITY_HANDSHAKE_TIMEOUT": 10,
     "IDENTITY_WITHDRAWAL_POLL": 0.25,
+}
+# Failed `POST /api/token/` per username and per client address (429 past it):
+# "N/period"; 0 or empty turns a limit off.
+RATE_DEFAULTS: dict[str, str] = {
+    "IDENTITY_LOGIN_RATE_PER_ACCOUNT": "10/min",
+    "IDENTITY_LOGIN_RATE_PER_ADDRESS": "30/min",
 }
 
 
@@ -73,12 +84,14 @@ def heartbeat_expiry() -> float:
 
 def login_rate_per_account() -> str | None:
     """Failed sign-ins allowed per username, as "N/period"; None turns the limit off."""
-    return getattr(settings, "IDENTITY_LOGIN_RATE_PER_ACCOUNT", "10/min") or None
+    name = "IDENTITY_LOGIN_RATE_PER_ACCOUNT"
+    return getattr(settings, name, RATE_DEFAULTS[name]) or None
 
 
 def login_rate_per_address() -> str | None:
     """Failed sign-ins allowed per client address, as "N/period"; None turns the limit off."""
-    return getattr(settings, "IDENTITY_LOGIN_RATE_PER_ADDRESS", "30/min") or None
+    name = "IDENTITY_LOGIN_RATE_PER_ADDRESS"
+    return getattr(settings, name, RATE_DEFAULTS[name]) or None
 
 
 def max_anonymous_per_address() -> int:
