@@ -41,7 +41,7 @@ User = get_user_model()
 
 
 def _live_filter() -> Q:
-    return Q(identity_connections__server__heartbeat_at__gte=registry.live_cutoff())
+    return registry.live("identity_connections__")
 
 
 class OnlineFilter(admin.SimpleListFilter):

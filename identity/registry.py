@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from identity import conf, sql
@@ -61,9 +61,19 @@ def live_cutoff() -> datetime:
     return timezone.now() - timedelta(seconds=conf.heartbeat_expiry())
 
 
+def live(via: str = "", cutoff: datetime | None = None) -> Q:
+    """THE definition of a live socket: its server process beat within the expiry.
+
+    VIA is the path to the Connection from the model queried (e.g.
+    "identity_connections__" from a user). identity.sql renders the same
+    rule in SQL for the statements of every `auth` and close.
+    """
+    return Q(**{f"{via}server__heartbeat_at__gte": cutoff or live_cutoff()})
+
+
 def live_connections() -> QuerySet[Connection]:
     """Connections whose server process is alive."""
-    return Connection.objects.filter(server__heartbeat_at__gte=live_cutoff())
+    return Connection.objects.filter(live())
 
 
 def _lock_user(user_id: int, create: bool = True) -> None:
@@ -105,14 +115,12 @@ def _register(user_id: int, info: SocketInfo) -> bool:
     with transaction.atomic():
         _lock_user(user_id)
         cutoff = live_cutoff()
-        total, live = sql.count_connections(user_id, cutoff)
-        ghosts = total - live
+        total, alive = sql.count_connections(user_id, cutoff)
+        ghosts = total - alive
         if ghosts:
-            Connection.objects.filter(user_id=user_id).exclude(
-                server__heartbeat_at__gte=cutoff
-            ).delete()
+            Connection.objects.filter(user_id=user_id).exclude(live(cutoff=cutoff)).delete()
         limit = conf.max_connections_per_user()
-        if limit and live >= limit:
+        if limit and alive >= limit:
             raise ConnectionLimit(
                 f"This user already has {live} open connection(s), the limit; close one first."
             )
@@ -128,7 +136,7 @@ def _register(user_id: int, info: SocketInfo) -> bool:
             }
         )
         # Ghosts were still "online" to subscribers, who never saw them go.
-        return live == 0 and not ghosts
+        return alive == 0 and not ghosts
 
 
 def unregister(channel_name: str, user_id: int) -> bool:
@@ -171,7 +179,7 @@ def connection_owner(channel_name: str) -> tuple[int, str] | None:
 
 def is_online(user_id: int) -> bool:
     """Whether the user has a live socket on any process."""
-    return live_connections().filter(user_id=user_id).exists()
+    return sql.has_live_connection(user_id, live_cutoff())
 
 
 def heartbeat() -> list[tuple[int, str]]:
@@ -218,9 +226,5 @@ def purge_dead_servers() -> list[tuple[int, str]]:
 def _purge_user_ghosts(user_id: int) -> bool:
     with transaction.atomic():
         _lock_user(user_id)
-        deleted, _ = (
-            Connection.objects.filter(user_id=user_id)
-            .exclude(server__heartbeat_at__gte=live_cutoff())
-            .delete()
-        )
-        return bool(deleted) and not live_connections().filter(user_id=user_id).exists()
+        deleted, _ = Connection.objects.filter(user_id=user_id).exclude(live()).delete()
+        return bool(deleted) and not is_online(user_id)

@@ -155,6 +155,7 @@ def _registry(vendor: str) -> RegistryStatements:
             f" VALUES ({', '.join(['%s'] * len(INSERT_FIELDS))})"
         ),
         delete=f"DELETE FROM {_q(conn.db_table)} WHERE {cf['channel_name']} = %s",
+        # "Live" as identity.registry.live() defines it: a heartbeat since the cutoff.
         any_live=f"SELECT 1 {joined} AND s.{heartbeat} >= %s LIMIT 1",
         lock=lock,
     )
