@@ -8,7 +8,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
-from identity import conf
+from identity import conf, layers
 from identity.layers import in_process
 from identity.origins import split_origin
 
@@ -47,6 +47,31 @@ def check_identity_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]
                 "The in-memory channel layer serves one process only.",
                 hint="Set REDIS_URL when running more than one server process.",
                 id="identity.W001",
+            )
+        )
+    problems += _layer_internals()
+    return problems
+
+
+def _layer_internals() -> list[Any]:
+    """identity.E004, W002: the private parts of the channel layers identity.layers uses."""
+    problems: list[Any] = []
+    missing = layers.missing_internals()
+    if missing:
+        problems.append(
+            Error(
+                f"channels or channels-redis lack what identity.layers uses: {', '.join(missing)}.",
+                hint=f"Install releases identity.layers was verified with: {layers.VERIFIED}.",
+                id="identity.E004",
+            )
+        )
+    unverified = layers.unverified_releases()
+    if unverified:
+        problems.append(
+            Warning(
+                f"identity.layers was not verified with {', '.join(unverified)}.",
+                hint=f"Verified: {layers.VERIFIED}; run the suite (tests/test_layers.py).",
+                id="identity.W002",
             )
         )
     return problems

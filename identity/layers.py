@@ -163,6 +163,51 @@ async def release(layer: BaseChannelLayer, channel: str) -> None:
         layer.channels.pop(channel, None)
 
 
+# The private parts of channels and channels-redis used above (the per-channel
+# dict of each in-memory and per-loop Redis layer, `_get_layer`, `_get_shard`,
+# `_async_proxy`, `_clean_expired`), verified with these releases. A release
+# that moves them would stop delivery silently: the system check identity.E004
+# refuses to start without them, and identity.W002 warns outside these ranges.
+VERIFIED = {"channels": ("4.3",), "channels_redis": ("4.3",)}
+
+
+def missing_internals() -> list[str]:
+    """The private attributes this module relies on that the installed releases lack."""
+    from channels_redis import pubsub
+
+    needed = [
+        (_InMemoryLayer, "_clean_expired"),
+        (_InMemoryLayer, "get_capacity"),
+        (_PubSubLayer, "_get_layer"),
+        (pubsub.RedisPubSubLoopLayer, "_get_shard"),
+        (pubsub, "_async_proxy"),
+    ]
+    missing = [
+        f"{getattr(owner, '__name__', owner)}.{name}"
+        for owner, name in needed
+        if not hasattr(owner, name)
+    ]
+    layer = _InMemoryLayer()
+    missing += [
+        f"InMemoryChannelLayer().{name}"
+        for name in ("channels", "groups")
+        if not isinstance(getattr(layer, name, None), dict)
+    ]
+    return missing
+
+
+def unverified_releases() -> list[str]:
+    """Installed releases of channels and channels-redis outside VERIFIED."""
+    from importlib.metadata import version
+
+    found = {name: version(name.replace("_", "-")) for name in VERIFIED}
+    return [
+        f"{name} {found[name]}"
+        for name, prefixes in VERIFIED.items()
+        if not found[name].startswith(prefixes)
+    ]
+
+
 class LayerUnavailable(Exception):
     """Sockets cannot be reached: the channel layer (Redis) did not answer.
 

@@ -159,3 +159,26 @@ async def test_redis_hands_messages_over_and_unsubscribes_on_detach():
         assert channel not in layer._get_layer().channels
     finally:
         await layer.flush()
+
+
+def test_the_installed_channel_layers_have_every_private_part_identity_uses():
+    assert layers.missing_internals() == []
+    assert layers.unverified_releases() == []
+
+
+def test_a_release_without_them_stops_the_server_at_its_system_check(monkeypatch):
+    from channels_redis import pubsub
+
+    from identity import checks
+
+    monkeypatch.delattr(pubsub.RedisPubSubLoopLayer, "_get_shard")
+    errors = [p for p in checks.check_identity_settings() if p.id == "identity.E004"]
+    assert len(errors) == 1 and "RedisPubSubLoopLayer._get_shard" in errors[0].msg
+
+
+def test_a_release_outside_the_verified_ones_is_warned_about(monkeypatch):
+    from identity import checks
+
+    monkeypatch.setitem(layers.VERIFIED, "channels", ("9.9",))
+    warnings = [p for p in checks.check_identity_settings() if p.id == "identity.W002"]
+    assert len(warnings) == 1 and "channels 4.3" in warnings[0].msg
