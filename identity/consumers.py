@@ -110,6 +110,16 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     timers through `fire_timer`. Every write goes through `transmit`, which
     turns a connection the server can no longer write to into a quiet end.
     However the socket ends, `end` leaves the registry and the groups.
+
+    What a Channels reader should know: this is an AsyncJsonWebsocketConsumer
+    that keeps the user on the instance (`self.user`, and `scope["user"]` for
+    code that looks there), but it replaces `__call__`, `dispatch`, `send_json`
+    and every `websocket_*` handler, so Channels' `connect`, `receive_json`,
+    `disconnect` and `groups` hooks are never called. That is what keeps an
+    idle socket to a dict entry and a frame to one dispatch
+    (docs/performance.md). To extend it, add an action to HANDLERS with an
+    `on_<action>` method taking the Envelope, and push to sockets through
+    identity.push; leave the lifecycle methods alone.
     """
 
     # Action -> handler method name; looked up per frame instead of holding
