@@ -266,7 +266,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         return decode(text_data)
 
     async def send_json(self, content: Any, close: bool = False) -> None:
-        await self.transmit({"type": "websocket.send", "text": encode(content)})
+        try:  # the hot path: orjson straight, without a call to protocol.encode
+            text = orjson.dumps(content).decode()
+        except orjson.JSONEncodeError:
+            text = encode(content)  # an integer ref past 64 bits (or it raises again)
+        await self.transmit({"type": "websocket.send", "text": text})
         if close:
             await self.transmit({"type": "websocket.close"})
 
