@@ -188,8 +188,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await self.serve(receive)
         finally:
             # However the socket ends (close, reset, a failed send, cancellation,
-            # server shutdown), it leaves the registry, its groups and its timers.
-            await uncancellable(self.end(detach))
+            # server shutdown), it leaves the registry, its groups and its timers
+            # (forget_identity finishes leaving the registry even if cancelled).
+            await self.end(detach)
 
     async def serve(self, receive: Any) -> None:
         """Take client frames one at a time until the socket ends."""
