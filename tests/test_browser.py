@@ -444,7 +444,7 @@ def test_every_field_has_a_visible_label_and_fits_the_screen(
         expect(page.get_by_label(label, exact=True)).to_be_visible()
     sign_in_to_shared(page, shared, shared_database)
     width = (page.viewport_size or {})["width"]
-    for label in ("Message to everyone", "To", "Direct message"):
+    for label in ("Echo (only you see it, signed by the server as you)", "To", "Direct message"):
         field = page.get_by_role("textbox", name=label, exact=True)
         expect(field).to_be_visible()
         # A visible label, not a placeholder that vanishes (or is cut) as one types.
