@@ -245,8 +245,8 @@ SIMPLE_JWT = {
 # the defaults that identity.conf owns (what each one means is said there).
 for _name, _default in IDENTITY_DEFAULTS.items():
     globals()[_name] = env_number(_name, _default)
-for _name, _default in IDENTITY_RATE_DEFAULTS.items():
-    globals()[_name] = env_rate(_name, _default)
+for _rate_name, _rate in IDENTITY_RATE_DEFAULTS.items():
+    globals()[_rate_name] = env_rate(_rate_name, _rate)
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.

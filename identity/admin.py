@@ -153,7 +153,7 @@ class IdentityUserAdmin(DjangoUserAdmin):
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         for model in DELETED_WITH_THE_USER:
-            perms_needed.discard(model._meta.verbose_name)
+            perms_needed.discard(str(model._meta.verbose_name))
         return deleted, counts, perms_needed, protected
 
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -37,10 +37,10 @@ class SignInView(TokenObtainPairView):
 
     # The account first: it parses the body, and a malformed one stops here.
     throttle_classes = [SignInAccountThrottle, SignInAddressThrottle]
-    throttles: list[FailedSignInThrottle] = []
+    throttles: list[FailedSignInThrottle] = []  # the instances get_throttles made
 
     def get_throttles(self) -> list[Any]:
-        self.throttles = super().get_throttles()
+        self.throttles = cast(list[FailedSignInThrottle], super().get_throttles())
         return self.throttles
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:

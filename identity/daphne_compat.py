@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 # Autobahn resets the connection 1 s after its close frame unless the client
 # answers; a client still reading what was queued before it needs longer
@@ -174,7 +174,7 @@ def patch_header_deadline(factory: Any) -> None:
             return protocol
         # Twisted wraps the HTTPChannel to negotiate HTTP/2 over TLS.
         channel = getattr(protocol, "_channel", protocol)
-        deadline = reactor.callLater(timeout, expire, channel)
+        deadline: Any = cast(Any, reactor).callLater(timeout, expire, channel)
         original_headers = channel.allHeadersReceived
         original_lost = channel.connectionLost
 

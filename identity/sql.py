@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -119,7 +119,7 @@ def fetch_user(user_id: Any) -> Any | None:
         return None
     *values, revoked_at = _convert(row, query.converters)
     user = user_model.from_db(connection.alias, query.attnames, values)
-    user.tokens_revoked_at = revoked_at
+    user.tokens_revoked_at = revoked_at  # type: ignore[attr-defined]  # read by identity.tokens
     return user
 
 
@@ -194,9 +194,8 @@ def count_connections(user_id: int, live_since: datetime) -> tuple[int, int]:
 def insert_connection(values: dict[str, Any]) -> None:
     """One registry row; `values` has a value for each of INSERT_FIELDS."""
     meta = Connection._meta
-    params = [
-        meta.get_field(name).get_db_prep_save(values[name], connection) for name in INSERT_FIELDS
-    ]
+    fields = [cast(Field, meta.get_field(name)) for name in INSERT_FIELDS]  # concrete columns
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(_statements().insert, params)
 

@@ -22,6 +22,9 @@ class FailedSignInThrottle(SimpleRateThrottle):
     """Counts attempts that end in a 401; `settle` withdraws the others."""
 
     recorded_at: float | None = None
+    # Set by SimpleRateThrottle.__init__ from the rate (its stubs do not declare them).
+    num_requests: int
+    duration: int
 
     def allow_request(self, request: Request, view: Any) -> bool:
         # Only a POST is a sign-in; another method is answered 405 without a body read.

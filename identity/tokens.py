@@ -58,7 +58,7 @@ class CheckedUntypedToken(_ClaimTypesChecked, UntypedToken):
     """An UntypedToken whose exp, iat and user id have the right types."""
 
 
-class CheckedRefreshToken(_ClaimTypesChecked, RefreshToken):
+class CheckedRefreshToken(_ClaimTypesChecked, RefreshToken):  # type: ignore[misc]  # SimpleJWT's own bases disagree
     """A RefreshToken whose exp, iat and user id have the right types."""
 
 
@@ -89,7 +89,7 @@ def _decode(raw: str) -> Token:
     try:
         # UntypedToken checks signature, algorithm, exp and jti but not the
         # type, so a refresh token can be told apart from garbage.
-        return CheckedUntypedToken(raw)
+        return CheckedUntypedToken(raw)  # type: ignore[arg-type]  # SimpleJWT hints a Token; it takes the string
     except ExpiredTokenError as exc:
         raise TokenExpired() from exc
     except TokenError as exc:

@@ -148,7 +148,7 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logger = OneLineInvalidText(self.logger)
+        self.logger = OneLineInvalidText(self.logger)  # type: ignore[assignment]  # a Logger's duck
 
     async def send(self, message: Any) -> None:
         await super().send(message)

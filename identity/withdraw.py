@@ -167,6 +167,8 @@ def record(
 ) -> None:
     """Keep a Withdrawal row for the dashboard; never fail the withdrawal for it."""
     failed = isinstance(result, Exception)
+    closed = getattr(result, "closed", 0) if isinstance(result, Exception) else result
+    detail = failure(username, result)[:300] if isinstance(result, Exception) else ""
     row = Withdrawal(
         at=timezone.now(),
         user_id=user_id,
@@ -174,9 +176,9 @@ def record(
         what=what[:64],
         reason=str(reason),
         actor=actor[:200],
-        closed=getattr(result, "closed", 0) if failed else result,
+        closed=closed,
         failed=failed,
-        detail=failure(username, result)[:300] if failed else "",
+        detail=detail,
     )
     for pause in (*RECORD_RETRIES, None):
         try:

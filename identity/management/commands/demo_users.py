@@ -41,7 +41,7 @@ class Command(BaseCommand):
             role = "staff, admin" if flags else "user"
             self.stdout.write(f"  {username:<10} {passwords[username]:<20} ({role})")
 
-    def _ensure(self, username: str, password: str, flags: dict[str, bool]) -> None:
+    def _ensure(self, username: str, password: str, flags: dict[str, Any]) -> None:
         user_model = get_user_model()
         user = user_model.objects.filter(username=username).first()
         if user is None:
