@@ -92,8 +92,9 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
     Reason.SLOW_READER: CloseCode.SLOW_READER,
 }
 
-# Reasons after which the client may connect again with the token it has.
-RECONNECT_REASONS = frozenset({Reason.AUTH_TIMEOUT, Reason.SLOW_READER})
+# PROTOCOL.md: `reconnect` is true only for auth_timeout, false for every other
+# reason (slow_reader included, though its token stays valid).
+RECONNECT_REASONS = frozenset({Reason.AUTH_TIMEOUT})
 
 
 class Refusal(StrEnum):

@@ -125,7 +125,7 @@ async def test_a_client_that_stops_reading_is_closed_4408_and_leaves_presence(se
     assert len(directs) < sent  # what piled up past the bound was never written
     assert frames[-1] == {
         "action": "disconnect",
-        "payload": {"reason": "slow_reader", "reconnect": True},
+        "payload": {"reason": "slow_reader", "reconnect": False},
     }
     assert code == 4408
     await bob.close()

@@ -101,6 +101,7 @@ export const CloseCode = Object.freeze({
   AUTH_TIMEOUT: 4401,
   FORBIDDEN: 4403,
   TOO_MANY: 4429,
+  SLOW_READER: 4408, // this server's: the page stopped reading its socket
 });
 
 // After these the server wants a new sign-in, not a retry with the same tokens.
