@@ -46,6 +46,8 @@ def ensure_running() -> None:
     IDENTITY_HEARTBEAT_INTERVAL = 0 turns it off (tests drive `beat_once` themselves).
     """
     loop = asyncio.get_running_loop()
+    if loop in _tasks and loop in _pollers and not (_tasks[loop].done() or _pollers[loop].done()):
+        return  # the common case, once per connect: both already running
     if conf.heartbeat_interval() > 0:
         if not _tasks:
             # Not every server gives its sockets a chance to leave when it
