@@ -26,6 +26,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.views.decorators.http import require_GET
 
 from identity import counters, registry, times
 from identity.models import ServerProcess, Withdrawal
@@ -151,6 +152,7 @@ def _minute_label(minute: int) -> str:
     return "this minute" if back == 0 else f"{back} min ago"
 
 
+@require_GET
 def page(request: HttpRequest) -> HttpResponse:
     """The dashboard, rendered whole."""
     if not allowed(request):
@@ -163,6 +165,7 @@ def page(request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, "admin/identity/dashboard.html", context)
 
 
+@require_GET
 def data(request: HttpRequest) -> HttpResponse:
     """The dashboard's figures and its re-rendered body, for the page's poll."""
     if not allowed(request):

@@ -106,3 +106,10 @@ async def test_the_admin_index_links_the_dashboard_for_those_who_may_view_users(
         await client.aforce_login(user)
         page = (await client.get("/admin/")).content.decode()
         assert ("/admin/identity/dashboard/" in page) is shown
+
+
+async def test_garbage_sent_to_the_data_endpoint_is_refused_or_ignored(admin_client):
+    posted = await admin_client.post(DATA, data=b"\xff{[", content_type="application/json")
+    assert posted.status_code == 405  # read-only: nothing is done with a body
+    odd = await admin_client.get(DATA + "?since=%00%ff&x=" + "9" * 5000)
+    assert odd.status_code == 200 and odd.json()["users_online"] == 0
