@@ -262,10 +262,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         await self.forget_identity()
         raise StopConsumer()
 
-    @classmethod
-    async def decode_json(cls, text_data: str) -> Any:
-        return decode(text_data)
-
     async def send_json(self, content: Any, close: bool = False) -> None:
         try:  # the hot path: orjson straight, without a call to protocol.encode
             text = orjson.dumps(content).decode()
