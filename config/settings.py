@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt.token_blacklist",
     "channels",
     "identity",
+    # This project's own app: it holds config/realtime.py, the rooms of the page.
+    "config",
 ]
 
 MIDDLEWARE = [
