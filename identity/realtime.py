@@ -131,6 +131,9 @@ def topic(
     sync or async). PRESENCE keeps the topic's members and pushes their
     join and leave. Every check runs again when the user's rights change.
     """
+    problem = pattern_problem(pattern)
+    if problem is not None:  # at import of the realtime.py: the traceback names the line
+        raise ValueError(f"topic pattern {pattern!r}: {problem}")
     spec = Topic(pattern, allow, permission, presence, client_publish, compile_pattern(pattern))
     topics.append(spec)
     return spec
@@ -200,7 +203,7 @@ def autodiscover() -> None:
 
 
 def problems() -> list[tuple[str, str]]:
-    """(what, why) for each bad registration: the system check reports them."""
+    """(what, why) for each bad action registration: the system check reports them."""
     found: list[tuple[str, str]] = []
     seen: dict[str, Handler] = {}
     for spec in registered_actions:
@@ -222,8 +225,4 @@ def problems() -> list[tuple[str, str]]:
                 )
             )
         seen.setdefault(spec.name, spec.handler)
-    for spec_topic in topics:
-        why = pattern_problem(spec_topic.pattern)
-        if why is not None:
-            found.append((f"topic {spec_topic.pattern!r}", why))
     return found
