@@ -1,26 +1,17 @@
-"""This project's rooms: an example of the realtime.py an application writes.
+"""This project's rooms: the example of a `realtime.py` (docs/realtime.md).
 
-identity imports a module named ``realtime.py`` from every installed app at
-startup, as the admin imports ``admin.py``; declaring a topic is all it takes.
-A client then subscribes with ``{"action": "subscribe", "payload": {"topic":
-"room.lobby"}}`` and publishes with ``publish`` (docs/protocol.md).
+identity imports a module of this name from every installed app at startup,
+as the admin imports `admin.py`. Only the public API is used here.
 """
-
-from __future__ import annotations
 
 from identity.realtime import topic
 
-# Every signed-in user may join (no `allow`, no `permission`), see who else is
-# in the room (`presence`) and write to it from the browser (`client_publish`).
+# Everyone signed in may join the lobby, see who else is in it, and write to it.
 topic("room.lobby", presence=True, client_publish=True)
 
-# Staff only. A rule on `is_staff` ("Staff status" in the admin), not a Django
-# permission: a superuser passes every permission check, with or without staff
-# status, while this room follows that one tick box. Untick it and the user's
-# open subscription ends at once (`unsubscribed`, reason `forbidden`).
-topic(
-    "room.staff",
-    allow=lambda user: user.is_staff,
-    presence=True,
-    client_publish=True,
-)
+# Staff only. Checked when a socket subscribes and again whenever the user's
+# rights change (an operator unticks "Staff status" in the admin): the page
+# then gets `unsubscribed` `forbidden` and the room goes away. A rule on
+# `is_staff` rather than a `permission=`: a superuser passes every permission
+# check, staff or not, while this room follows the one tick box.
+topic("room.staff", allow=lambda user: user.is_staff, presence=True, client_publish=True)

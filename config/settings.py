@@ -103,7 +103,7 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt.token_blacklist",
     "channels",
     "identity",
-    # This project's own app: it holds config/realtime.py, the rooms of the page.
+    # This project's own app: its realtime.py declares the page's rooms.
     "config",
 ]
 
