@@ -49,9 +49,10 @@ const UNREACHABLE = "Could not reach the server. Check the connection and try ag
 const el = (id) => document.getElementById(id);
 const client = new IdentityClient();
 const online = new Map(); // user id -> username
-// topic -> {spec, status, members: Map(id -> username), view}; status is one of
-// idle, joining, joined, refused (forbidden from the start), removed (the
-// right was taken away), absent (the server has no such topic).
+// topic -> {spec, status, members: Map(id -> username), fresh, view}; status is
+// one of idle, joining, joined, refused (forbidden from the start), removed
+// (the right was taken away), absent (the server has no such topic). `fresh`:
+// the member list came from the server since the connection was last lost.
 const rooms = new Map();
 let roomsJoined = Promise.resolve();
 let countdownTimer = null;
@@ -110,12 +111,12 @@ function renderAvailability() {
   el("session").dataset.state = client.state;
   el("offline-note").hidden = live || !client.signedIn;
   el("online-note").hidden = live || !client.signedIn;
-  for (const list of [el("online-list"), ...document.querySelectorAll(".room-members")]) {
-    list.classList.toggle("stale", !live);
-  }
+  el("online-list").classList.toggle("stale", !live);
+  renderRoomsFreshness();
 }
 
 function onState() {
+  if (client.state !== "online") for (const room of rooms.values()) room.fresh = false;
   renderState();
   syncCountdown();
   renderAvailability();
@@ -287,6 +288,14 @@ function renderRooms() {
   el("rooms").hidden = !anyJoined && el("rooms-note").textContent === "";
 }
 
+/** A member list is grey from a lost connection until the server lists the room again. */
+function renderRoomsFreshness() {
+  const live = client.state === "online";
+  for (const room of rooms.values()) {
+    room.view.members.classList.toggle("stale", !(live && room.fresh));
+  }
+}
+
 /** Join every room not joined yet; after each `auth` (the client re-joins the ones it holds). */
 function joinRooms() {
   return Promise.all([...rooms.values()].map(joinRoom));
@@ -314,8 +323,11 @@ function onMembers({ topic, members, event, user }) {
   const room = inRoom(topic);
   if (!room) return;
   if (Array.isArray(members)) {
+    // The whole list: a (re-)subscription's reply, after a reconnect too.
     room.members.clear();
     for (const { id, username } of members) room.members.set(id, username);
+    room.fresh = true;
+    renderRoomsFreshness();
   } else if (event === "join") {
     room.members.set(user.id, user.username); // idempotent: our own join may come twice
   } else if (event === "leave") {
@@ -377,7 +389,8 @@ async function onRoomSubmit(event, topic) {
 
 function setUpRooms() {
   for (const spec of ROOMS) {
-    rooms.set(spec.topic, { spec, status: "idle", members: new Map(), view: buildRoom(spec) });
+    const room = { spec, status: "idle", members: new Map(), fresh: false, view: buildRoom(spec) };
+    rooms.set(spec.topic, room);
   }
 }
 
