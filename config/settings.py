@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "rest_framework_simplejwt.token_blacklist",
     "channels",
+    # This project's own app: its realtime.py declares the page's rooms.
+    "config",
 ]
 
 MIDDLEWARE = [

@@ -13,10 +13,11 @@ class IdentityConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from identity import checks, signals  # noqa: F401  (registers checks and receivers)
+        from identity import checks, realtime, signals  # noqa: F401  (checks and receivers)
         from identity.daphne_compat import patch_daphne
 
         patch_daphne()
+        realtime.autodiscover()  # every installed app's realtime.py, as the admin's admin.py
         post_migrate.connect(create_cache_table, sender=self)
 
 

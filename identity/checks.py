@@ -8,7 +8,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
-from identity import conf, layers
+from identity import conf, layers, realtime
 from identity.layers import in_process
 from identity.origins import split_origin
 
@@ -50,6 +50,10 @@ def check_identity_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]
             )
         )
     problems += _layer_internals()
+    problems += [
+        Error(f"{what}: {why}.", hint="See docs/realtime.md.", id="identity.E005")
+        for what, why in realtime.problems()
+    ]
     return problems
 
 

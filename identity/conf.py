@@ -24,6 +24,7 @@ DEFAULTS: dict[str, float] = {
     "IDENTITY_HANDSHAKE_BURST": 40,
     "IDENTITY_HANDSHAKE_TIMEOUT": 10,
     "IDENTITY_WITHDRAWAL_POLL": 0.25,
+    "IDENTITY_MAX_TOPICS_PER_SOCKET": 100,
 }
 # Failed `POST /api/token/` per username and per client address (429 past it):
 # "N/period"; 0 or empty turns a limit off.
@@ -117,6 +118,11 @@ def handshake_timeout() -> float:
 def withdrawal_poll() -> float:
     """Seconds between a process's looks for withdrawal requests (in-memory layer); 0 is off."""
     return float(_get("IDENTITY_WITHDRAWAL_POLL"))
+
+
+def max_topics_per_socket() -> int:
+    """Topic subscriptions one socket may hold."""
+    return int(_get("IDENTITY_MAX_TOPICS_PER_SOCKET"))
 
 
 def allowed_origins() -> list[str]:

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import orjson
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, counters, guard, heartbeat, push, registry, sessions, timers
+from identity import conf, counters, guard, heartbeat, push, realtime, registry, sessions, timers
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
 from identity.logs import throttled
@@ -36,6 +37,7 @@ from identity.protocol import (
     EnvelopeError,
     ErrorCode,
     Reason,
+    Unsubscribed,
     auth_failure,
     decode,
     disconnect_push,
@@ -44,9 +46,12 @@ from identity.protocol import (
     frame,
     parse_envelope,
     peek,
+    unsubscribed_push,
     user_payload,
+    validate_publish,
     validate_send,
     validate_text,
+    validate_topic,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,9 +122,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     and every `websocket_*` handler, so Channels' `connect`, `receive_json`,
     `disconnect` and `groups` hooks are never called. That is what keeps an
     idle socket to a dict entry and a frame to one dispatch
-    (docs/performance.md). To extend it, add an action to HANDLERS with an
-    `on_<action>` method taking the Envelope, and push to sockets through
-    identity.push; leave the lifecycle methods alone.
+    (docs/performance.md). To extend it, write a `realtime.py` in your app
+    (identity.realtime: actions with a dot in their name, and topics) and push
+    to sockets through identity.push; protocol actions are in HANDLERS, each
+    an `on_<action>` method taking the Envelope.
     """
 
     # Action -> handler method name; looked up per frame instead of holding
@@ -132,6 +138,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         Action.MESSAGE: "on_message",
         Action.SEND: "on_send",
         Action.PRESENCE: "on_presence",
+        Action.SUBSCRIBE: "on_subscribe",
+        Action.UNSUBSCRIBE: "on_unsubscribe",
+        Action.PUBLISH: "on_publish",
     }
 
     # The consumer leaves its groups itself (forget_identity); no list per socket.
@@ -142,6 +151,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.user: Any = None
         self.expires_at: int | None = None
         self.subscribed = False
+        # Topic name -> its declaration, while subscribed (identity.realtime).
+        self.topics: dict[str, realtime.Topic] | None = None
         self.closing = False
         self.failed_auths = 0
         self.opened_at = time.time()
@@ -322,7 +333,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         handler = getattr(self, name) if name is not None else None
         try:
             if handler is None:
-                raise EnvelopeError(ErrorCode.UNKNOWN_ACTION, f"No action {envelope.action!r}.")
+                if "." in envelope.action and envelope.action in realtime.actions:
+                    handler = self.on_application_action
+                else:
+                    raise EnvelopeError(ErrorCode.UNKNOWN_ACTION, f"No action {envelope.action!r}.")
             if self.user is None and envelope.action not in ANONYMOUS_ACTIONS:
                 raise EnvelopeError(
                     ErrorCode.NOT_AUTHENTICATED,
@@ -458,6 +472,105 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         users = await push.online_users()
         await self.reply(envelope, {"users": [u.as_dict() for u in users]})
 
+    # --- application actions and topics (identity.realtime) --------------------
+
+    async def on_application_action(self, envelope: Envelope) -> None:
+        """Run the handler a `realtime.py` registered; its return value is the reply."""
+        spec = realtime.actions[envelope.action]
+        if not await realtime.may_run(spec, self.user):
+            raise EnvelopeError(ErrorCode.FORBIDDEN, "You may not run this action.")
+        socket = realtime.Socket(self.user, self.channel_name, frozenset(self.topics or ()))
+        try:
+            if spec.is_async:
+                result = await spec.handler(socket, envelope.payload)
+            else:
+                result = await database_sync_to_async(spec.handler)(socket, envelope.payload)
+            text = orjson.dumps(frame(envelope.action, result, envelope.ref)).decode()
+        except realtime.ActionError as exc:
+            error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
+            await self.send_json(error)
+            return
+        except Exception:
+            # The application's bug: logged here, never a traceback on the wire.
+            logger.exception("action %r failed", envelope.action)
+            code = ErrorCode.SERVER_ERROR
+            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
+            return
+        await self.transmit({"type": "websocket.send", "text": text})
+
+    async def on_subscribe(self, envelope: Envelope) -> None:
+        name = validate_topic(envelope.payload)
+        spec = self.topics.get(name) if self.topics else None
+        if spec is not None:  # subscribed already: changes nothing (PROTOCOL.md v2 rule 4)
+            members = await sessions.topic_members(name) if spec.presence else None
+        else:
+            spec = await self.authorize(name)
+            if len(self.topics or ()) >= conf.max_topics_per_socket():
+                raise EnvelopeError(
+                    ErrorCode.TOPIC_LIMIT,
+                    f"A socket may hold {conf.max_topics_per_socket()} subscriptions; "
+                    "unsubscribe first.",
+                )
+            members = await sessions.join_topic(
+                self.channel_name, self.user.pk, name, spec.presence
+            )
+            if self.topics is None:
+                self.topics = {}
+            self.topics[name] = spec
+        reply: dict[str, Any] = {"topic": name, "subscribed": True}
+        if members is not None:
+            reply["members"] = members
+        await self.reply(envelope, reply)
+
+    async def on_unsubscribe(self, envelope: Envelope) -> None:
+        name = validate_topic(envelope.payload)
+        await self.leave_topic(name)
+        await self.reply(envelope, {"topic": name, "subscribed": False})
+
+    async def on_publish(self, envelope: Envelope) -> None:
+        name, event, data = validate_publish(envelope.payload)
+        spec = self.topics.get(name) if self.topics else None
+        if spec is None:  # a subscriber passed the check, and every re-check since
+            spec = await self.authorize(name)
+        if not spec.client_publish:
+            raise EnvelopeError(ErrorCode.FORBIDDEN, "Clients may not publish to this topic.")
+        await push.publish(name, event, data, self.user_wire())
+        await self.reply(envelope, {"topic": name})
+
+    async def authorize(self, name: str) -> realtime.Topic:
+        """The declaration of topic NAME if this user may use it; EnvelopeError otherwise."""
+        found = realtime.find_topic(name)
+        if found is None:
+            raise EnvelopeError(ErrorCode.UNKNOWN_TOPIC, f"No topic {name!r}.")
+        spec, params = found
+        if not await realtime.allowed(spec, params, self.user):
+            raise EnvelopeError(ErrorCode.FORBIDDEN, f"You may not use topic {name!r}.")
+        return spec
+
+    async def leave_topic(self, name: str) -> bool:
+        """End this socket's subscription to NAME; False if it had none."""
+        spec = self.topics.pop(name, None) if self.topics else None
+        if spec is None:
+            return False
+        user = self.user
+        await sessions.leave_topic(
+            self.channel_name, user.pk, user.get_username(), name, spec.presence
+        )
+        return True
+
+    async def recheck(self) -> None:
+        """The user's rights changed: re-read them, end subscriptions they no longer allow."""
+        user = await sessions.fresh_user(self.user.pk)
+        if user is None or self.user is None or self.closing:
+            return  # deleted or deactivated: the withdrawal is on its way
+        self.user = self.scope["user"] = user
+        for name, spec in list((self.topics or {}).items()):
+            found = realtime.find_topic(name)
+            if found is not None and await realtime.allowed(spec, found[1], user):
+                continue
+            if await self.leave_topic(name) and not self.closing:
+                await self.send_json(unsubscribed_push(name, Unsubscribed.FORBIDDEN))
+
     # --- identity state -------------------------------------------------------
 
     def user_wire(self) -> dict[str, Any]:
@@ -486,24 +599,32 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def drop_identity(self) -> None:
         """Back to anonymous: leave the user's groups, the registry, and rearm the timeout."""
         self.cancel_timer()
-        await self.forget_identity()
+        topics = await self.forget_identity()
         if not self.closing:
+            for name in topics:  # PROTOCOL.md v2: not sent when the socket is closing
+                await self.send_json(unsubscribed_push(name, Unsubscribed.IDENTITY))
             self.start_timer(conf.auth_timeout(), self.on_auth_timeout)
 
-    async def forget_identity(self) -> None:
-        user, subscribed = self.user, self.subscribed
+    async def forget_identity(self) -> list[str]:
+        """Leave the user's groups, topics and the registry; the topics that ended."""
+        user, subscribed, topics = self.user, self.subscribed, self.topics or {}
         if user is None:
-            return
+            return []
         guard.anonymous(self.scope)  # counts as anonymous again (identity.guard)
-        self.user = self.expires_at = None
+        self.user = self.expires_at = self.topics = None
         self.subscribed = False
         self.scope.pop("user", None)
         # A server shutting down cancels the socket once and exits when it
         # returns: leaving the registry must not stop halfway.
         session = sessions.close_session(
-            self.channel_name, user.pk, user.get_username(), subscribed
+            self.channel_name,
+            user.pk,
+            user.get_username(),
+            subscribed,
+            {name: spec.presence for name, spec in topics.items()},
         )
         await uncancellable(session)
+        return list(topics)
 
     # --- timers and channel-layer events ----------------------------------------
 
@@ -654,3 +775,17 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """A presence change, for sockets that asked `presence`."""
         if self.subscribed and not self.closing:
             await self.send_json(event["frame"])
+
+    async def identity_topic(self, event: dict[str, Any]) -> None:
+        """An `event` or `members` push, for sockets subscribed to its topic.
+
+        Not the user's own `join`: their subscribe reply listed them already.
+        """
+        mine = self.topics is not None and event["topic"] in self.topics
+        if mine and not self.closing and event.get("user_id") != self.user.pk:
+            await self.send_json(event["frame"])
+
+    async def identity_recheck(self, event: dict[str, Any]) -> None:
+        """The user's rights changed (identity.push.recheck_user)."""
+        if self.user is not None and not self.closing:
+            await self.recheck()

@@ -7,10 +7,11 @@ who went with them. Idle sockets cost nothing here: it is one query per
 interval per process, whatever the number of sockets.
 
 On the in-memory channel layer a second task polls the database every
-IDENTITY_WITHDRAWAL_POLL seconds for withdrawal requests addressed to this
-process (identity.relay): a command, a shell or another process cannot reach
-its sockets otherwise. One indexed query per poll; it carries each request out
-through this process's layer and records how many sockets closed.
+IDENTITY_WITHDRAWAL_POLL seconds for withdrawal requests and relayed topic
+events and re-checks addressed to this process (identity.relay): a command, a
+shell or another process cannot reach its sockets otherwise. Two indexed
+queries per poll; it carries each request out through this process's layer and
+records how many sockets closed.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ async def beat_once() -> None:
     (identity.counters).
     """
     try:
+        # Before the heartbeat's purge of dead processes, which would take
+        # their topic rows without a `leave`.
+        left = await database_sync_to_async(registry.purge_dead_members)()
         gone = await database_sync_to_async(registry.heartbeat)()
         await database_sync_to_async(relay.purge_stale)()
     except Exception:
@@ -104,6 +108,11 @@ async def beat_once() -> None:
         await database_sync_to_async(counters.flush)()
     except Exception:
         logger.warning("could not flush the connect counters", exc_info=True)
+    for user_id, username, topic in left:
+        try:
+            await push.push_members(topic, "leave", user_id, username)
+        except Exception:
+            logger.warning("could not push leave of %s for user %s", topic, user_id, exc_info=True)
     for user_id, username in gone:
         try:
             await push.push_presence("offline", user_id, username)
@@ -118,14 +127,21 @@ async def _poll_forever() -> None:
 
 
 async def poll_once() -> int:
-    """Carry out the withdrawal requests addressed to this process; how many there were."""
+    """Carry out the requests and relayed events addressed to this process; how many."""
     try:
-        requests = await database_sync_to_async(relay.claim)(registry.SERVER_ID)
+        requests, events = await database_sync_to_async(_claim)(registry.SERVER_ID)
     except Exception:
         logger.warning("identity withdrawal poll failed", exc_info=True)
         return 0
+    layer = get_channel_layer()
+    for group, message in events:  # in order: events from one process stay in order
+        await layer.group_send(group, message)
     await asyncio.gather(*(_carry_out(request) for request in requests))
-    return len(requests)
+    return len(requests) + len(events)
+
+
+def _claim(server_id: str) -> tuple[list[WithdrawalRequest], list[tuple[str, dict[str, Any]]]]:
+    return relay.claim(server_id), relay.claim_events(server_id)
 
 
 async def _carry_out(request: WithdrawalRequest) -> None:

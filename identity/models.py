@@ -137,3 +137,46 @@ class Withdrawal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.what} of {self.username} by {self.actor}"
+
+
+class TopicMember(models.Model):
+    """A socket subscribed to a topic that keeps presence (identity.realtime).
+
+    Live like a Connection: while its server process's heartbeat is fresh. The
+    user's identity row serialises joins and leaves, so a user's first socket
+    in a topic and their last are decided exactly once across processes.
+    """
+
+    topic = models.CharField(max_length=100)
+    channel_name = models.CharField(max_length=200)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity_topics"
+    )
+    server = models.ForeignKey(
+        ServerProcess, on_delete=models.CASCADE, related_name="topic_members"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "channel_name"], name="topic_member_once")
+        ]
+        indexes = [models.Index(fields=["topic", "user"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.topic}"
+
+
+class RelayedEvent(models.Model):
+    """A channel-layer group message carried by the database to another server process.
+
+    The in-memory layer's counterpart of a Redis group_send for `publish` and
+    `recheck_user` from a shell, a command or another process (identity.relay).
+    """
+
+    server_id = models.CharField(max_length=100, db_index=True)
+    group = models.CharField(max_length=100)
+    message = models.JSONField()
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.message.get('type')} for {self.group} on {self.server_id}"

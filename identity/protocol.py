@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -16,6 +17,10 @@ import orjson
 
 MAX_REF_LENGTH = 64
 MAX_TEXT_LENGTH = 4096
+MAX_TOPIC_LENGTH = 100
+MAX_EVENT_LENGTH = 100
+# Topic names (and event names): PROTOCOL.md v2, "Topics".
+TOPIC_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
 class Action(StrEnum):
@@ -33,6 +38,13 @@ class Action(StrEnum):
     SESSION = "session"
     DIRECT = "direct"
     DISCONNECT = "disconnect"
+    # Version 2: topics.
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    PUBLISH = "publish"
+    EVENT = "event"
+    UNSUBSCRIBED = "unsubscribed"
+    MEMBERS = "members"
 
 
 class ErrorCode(StrEnum):
@@ -55,6 +67,12 @@ class ErrorCode(StrEnum):
     CONNECTION_LIMIT = "connection_limit"
     # Not in PROTOCOL.md's table: the channel layer (Redis) is down; retry later.
     SERVICE_UNAVAILABLE = "service_unavailable"
+    # Version 2.
+    UNKNOWN_TOPIC = "unknown_topic"
+    FORBIDDEN = "forbidden"
+    TOPIC_LIMIT = "topic_limit"
+    # Not in PROTOCOL.md's table: an application action failed unexpectedly (logged).
+    SERVER_ERROR = "server_error"
 
 
 class CloseCode(IntEnum):
@@ -97,6 +115,13 @@ CLOSE_CODE_FOR_REASON: dict[Reason, CloseCode] = {
 RECONNECT_REASONS = frozenset({Reason.AUTH_TIMEOUT})
 
 
+class Unsubscribed(StrEnum):
+    """The `reason` of an `unsubscribed` push."""
+
+    FORBIDDEN = "forbidden"  # the user no longer passes the topic's check
+    IDENTITY = "identity"  # the socket stopped being authenticated as that user
+
+
 class Refusal(StrEnum):
     """Why a handshake was refused with HTTP 429 (the `code` of the JSON body)."""
 
@@ -119,6 +144,10 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.SERVICE_UNAVAILABLE: (
         "The server cannot reach its channel layer right now; try again in a few seconds."
     ),
+    ErrorCode.UNKNOWN_TOPIC: "No such topic.",
+    ErrorCode.FORBIDDEN: "You may not do that.",
+    ErrorCode.TOPIC_LIMIT: "This socket holds as many subscriptions as it may; unsubscribe first.",
+    ErrorCode.SERVER_ERROR: "The action failed on the server; it has been logged.",
 }
 
 
@@ -220,13 +249,14 @@ def frame(action: str, payload: Any, ref: str | int | None = None) -> dict[str, 
 
 
 def error_frame(
-    code: ErrorCode,
+    code: ErrorCode | str,
     message: str | None = None,
     action: str | None = None,
     ref: str | int | None = None,
 ) -> dict[str, Any]:
     """An `error` frame answering a failed action."""
-    payload = {"code": str(code), "message": message or ERROR_MESSAGES[code], "action": action}
+    text = message or ERROR_MESSAGES[ErrorCode(code)]
+    payload = {"code": str(code), "message": text, "action": action}
     return frame(Action.ERROR, payload, ref)
 
 
@@ -281,3 +311,59 @@ def validate_send(payload: Any) -> tuple[str, str]:
     if not to or len(to) > 150 or not storable_text(to):
         raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, '"to" must be a username.')
     return to, validate_text(payload.get("text"))
+
+
+def validate_topic(payload: Any) -> str:
+    """`subscribe`/`unsubscribe` payload: {"topic": NAME}."""
+    if not isinstance(payload, dict):
+        raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, 'The payload must be {"topic": NAME}.')
+    return topic_name(payload.get("topic"))
+
+
+def topic_name(name: Any) -> str:
+    """A topic name: 1-100 characters from A-Z a-z 0-9 _ . : -."""
+    if not isinstance(name, str) or not name_ok(name, MAX_TOPIC_LENGTH):
+        raise EnvelopeError(
+            ErrorCode.INVALID_PAYLOAD,
+            f'"topic" must be 1-{MAX_TOPIC_LENGTH} characters from A-Z, a-z, 0-9 and _.:-',
+        )
+    return name
+
+
+def name_ok(name: str, limit: int) -> bool:
+    """Whether NAME is 1-LIMIT characters of the topic alphabet."""
+    return 0 < len(name) <= limit and TOPIC_NAME.fullmatch(name) is not None
+
+
+def validate_publish(payload: Any) -> tuple[str, str, Any]:
+    """`publish` payload: {"topic": NAME, "data": ANY, "event": optional NAME}."""
+    if not isinstance(payload, dict) or "data" not in payload:
+        raise EnvelopeError(
+            ErrorCode.INVALID_PAYLOAD, 'The payload must be {"topic": NAME, "data": ANY}.'
+        )
+    event = payload.get("event", DEFAULT_EVENT)
+    if not isinstance(event, str) or not name_ok(event, MAX_EVENT_LENGTH):
+        raise EnvelopeError(
+            ErrorCode.INVALID_PAYLOAD,
+            f'"event" must be 1-{MAX_EVENT_LENGTH} characters from A-Z, a-z, 0-9 and _.:-',
+        )
+    return topic_name(payload.get("topic")), event, payload["data"]
+
+
+# The event name of a client's `publish` that names none.
+DEFAULT_EVENT = "message"
+
+
+def event_push(topic: str, event: str, data: Any, sender: dict[str, Any] | None) -> dict[str, Any]:
+    """The `event` push: something was published to TOPIC."""
+    return frame(Action.EVENT, {"topic": topic, "event": event, "data": data, "from": sender})
+
+
+def members_push(topic: str, event: str, user: dict[str, Any]) -> dict[str, Any]:
+    """The `members` push: a user's first socket joined / last socket left TOPIC."""
+    return frame(Action.MEMBERS, {"topic": topic, "event": event, "user": user})
+
+
+def unsubscribed_push(topic: str, reason: Unsubscribed) -> dict[str, Any]:
+    """The `unsubscribed` push: the server ended a subscription."""
+    return frame(Action.UNSUBSCRIBED, {"topic": topic, "reason": str(reason)})

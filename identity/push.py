@@ -8,11 +8,14 @@ has an async form and a sync form (suffix `_sync`) for sync code.
     push.send_to_user_sync(user.pk, "direct", {"from": ..., "text": "hi"})
     closed = push.disconnect_user_sync(user.pk, push.Reason.KICKED)
     for entry in push.online_users_sync(): print(entry.username, entry.connections)
+    push.publish_sync("room.lobby", "notice", {"text": "back in 5"})
+    push.recheck_user_sync(user.pk)   # after a change to rules of your own
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from typing import Any
@@ -24,7 +27,15 @@ from django.db import DatabaseError
 
 from identity import registry, relay
 from identity.layers import LayerUnavailable, in_process, release
-from identity.protocol import Action, Reason, frame, user_payload
+from identity.protocol import (
+    Action,
+    Reason,
+    event_push,
+    frame,
+    members_push,
+    name_ok,
+    user_payload,
+)
 
 __all__ = [
     "ACK_EVENT",
@@ -32,13 +43,19 @@ __all__ = [
     "PRESENCE_EVENT",
     "PRESENCE_GROUP",
     "PUSH_EVENT",
+    "RECHECK_EVENT",
+    "TOPIC_EVENT",
     "LayerUnreachable",
     "Reason",
     "disconnect_connection",
     "disconnect_user",
     "online_users",
+    "publish",
+    "push_members",
     "push_presence",
+    "recheck_user",
     "send_to_user",
+    "topic_group",
     "user_group",
 ]
 
@@ -51,6 +68,10 @@ PUSH_EVENT = "identity.push"
 PRESENCE_EVENT = "identity.presence"
 # A socket's answer to a withdrawal that named a `reply_to` channel.
 ACK_EVENT = "identity.withdrawn"
+# A frame for a topic's subscribers (`event`, `members`); `topic` names it.
+TOPIC_EVENT = "identity.topic"
+# Check the user's subscriptions again: their rights changed.
+RECHECK_EVENT = "identity.recheck"
 
 ACK_TIMEOUT = 2.0  # seconds the sockets have to acknowledge a withdrawal
 RELAY_TIMEOUT = 3.0  # seconds another process has to take up a request (identity.relay)
@@ -62,6 +83,14 @@ PRESENCE_GROUP = "identity.presence"
 def user_group(user_id: int) -> str:
     """The channel-layer group holding every authenticated socket of a user."""
     return f"identity.user.{user_id}"
+
+
+def topic_group(topic: str) -> str:
+    """The channel-layer group of a topic's subscribers.
+
+    A digest: group names allow neither `:` nor 100 characters, topic names do.
+    """
+    return "identity.topic." + hashlib.blake2b(topic.encode(), digest_size=16).hexdigest()
 
 
 class LayerUnreachable(LayerUnavailable):
@@ -251,7 +280,58 @@ async def push_presence(event: str, user_id: int, username: str) -> None:
     )
 
 
+async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | None = None) -> None:
+    """Push `event` EVENT with DATA to every socket subscribed to TOPIC, on every process.
+
+    SENDER is the `from` of the push (a USER dict; None when the server
+    publishes). DATA must be JSON. Events published from one process arrive
+    in the order they were published.
+    """
+    if not name_ok(topic, 100) or not name_ok(event, 100):
+        raise ValueError(f"{topic!r} / {event!r}: names are 1-100 characters of A-Z a-z 0-9 _.:-")
+    await _group_send(
+        topic_group(topic),
+        {"type": TOPIC_EVENT, "topic": topic, "frame": event_push(topic, event, data, sender)},
+    )
+
+
+async def push_members(topic: str, event: str, user_id: int, username: str) -> None:
+    """Tell a presence topic's subscribers that a user joined or left it."""
+    payload = members_push(topic, event, user_payload(user_id, username))
+    message = {"type": TOPIC_EVENT, "topic": topic, "frame": payload, "user_id": user_id}
+    await _group_send(topic_group(topic), message)
+
+
+async def recheck_user(user_id: int) -> None:
+    """Check every open subscription of a user again, on every process.
+
+    Called for you when the user's groups, permissions or flags change through
+    the ORM; call it after a change your own topic rules depend on.
+    """
+    await _group_send(user_group(user_id), {"type": RECHECK_EVENT})
+
+
+async def _group_send(group: str, message: dict[str, Any]) -> None:
+    """group_send here, and on the in-memory layer through the database to the other processes."""
+    layer = get_channel_layer()
+    await layer.group_send(group, message)
+    if in_process(layer):
+        # Usually one process and a fresh list: no hop to the database thread.
+        servers = relay.known_servers(registry.SERVER_ID)
+        if servers is None or servers:
+            await database_sync_to_async(_relay_elsewhere)(group, message)
+
+
+def _relay_elsewhere(group: str, message: dict[str, Any]) -> None:
+    servers = relay.other_servers(registry.SERVER_ID, registry.live_cutoff())
+    if servers:
+        relay.broadcast(servers, group, message)
+
+
 send_to_user_sync = async_to_sync(send_to_user)
+publish_sync = async_to_sync(publish)
+push_members_sync = async_to_sync(push_members)
+recheck_user_sync = async_to_sync(recheck_user)
 disconnect_user_sync = async_to_sync(disconnect_user)
 disconnect_connection_sync = async_to_sync(disconnect_connection)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +29,7 @@ from django.utils import timezone
 
 from identity import conf, sql
 from identity.exceptions import ConnectionLimit
-from identity.models import Connection, ServerProcess, UserIdentity
+from identity.models import Connection, ServerProcess, TopicMember, UserIdentity
 
 SERVER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -145,10 +146,102 @@ def unregister(channel_name: str, user_id: int) -> bool:
     False too when the socket was not registered (never was, or its user was
     deleted and the row went with them).
     """
+    return leave(channel_name, user_id, ())[0]
+
+
+def leave(channel_name: str, user_id: int, topics: Iterable[str]) -> tuple[bool, list[str]]:
+    """Forget a socket and its presence TOPICS: (its user's last socket?, topics they left).
+
+    A topic is left when this was the user's last live socket in it.
+    """
+    topics = list(topics)
     with transaction.atomic():
         _lock_user(user_id, create=False)
+        left = _leave_topics(channel_name, user_id, topics) if topics else []
         deleted = sql.delete_connection(channel_name)
-        return deleted and not sql.has_live_connection(user_id, live_cutoff())
+        return deleted and not sql.has_live_connection(user_id, live_cutoff()), left
+
+
+def join_topic(user_id: int, channel_name: str, topic: str) -> tuple[bool, list[tuple[int, str]]]:
+    """Record a socket in a presence topic: (the user's first live socket there?, members).
+
+    Members are the (id, username) of users with a live socket in the topic,
+    this one included, by username.
+    """
+    global _server_row_exists
+    if not _server_row_exists:
+        _ensure_server()
+    with transaction.atomic():
+        _lock_user(user_id)
+        cutoff = live_cutoff()
+        mine = TopicMember.objects.filter(topic=topic, user_id=user_id)
+        alive = mine.filter(live(cutoff=cutoff)).count()
+        # Rows of a dead process: subscribers saw their join and not yet their
+        # leave (the heartbeat's purge pushes it), so this is no new join.
+        ghosts = mine.exclude(live(cutoff=cutoff)).delete()[0]
+        TopicMember.objects.get_or_create(
+            topic=topic,
+            channel_name=channel_name,
+            defaults={"user_id": user_id, "server_id": SERVER_ID},
+        )
+        return alive == 0 and not ghosts, topic_members(topic, cutoff)
+
+
+def leave_topic(user_id: int, channel_name: str, topic: str) -> bool:
+    """Forget a socket in a presence topic; True if it was the user's last live one there."""
+    with transaction.atomic():
+        _lock_user(user_id, create=False)
+        return bool(_leave_topics(channel_name, user_id, [topic]))
+
+
+def _leave_topics(channel_name: str, user_id: int, topics: list[str]) -> list[str]:
+    """Under the user's lock: delete the socket's rows; the topics the user left."""
+    rows = TopicMember.objects.filter(channel_name=channel_name, topic__in=topics)
+    held = set(rows.values_list("topic", flat=True))
+    if not held:
+        return []
+    rows.delete()
+    still = set(
+        TopicMember.objects.filter(user_id=user_id, topic__in=held)
+        .filter(live())
+        .values_list("topic", flat=True)
+    )
+    return sorted(held - still)
+
+
+def topic_members(topic: str, cutoff: datetime | None = None) -> list[tuple[int, str]]:
+    """The (id, username) of users with a live socket in a presence topic, by username."""
+    rows = (
+        TopicMember.objects.filter(live(cutoff=cutoff), topic=topic)
+        .values_list("user_id", "user__username")
+        .distinct()
+        .order_by("user__username")
+    )
+    return list(rows)
+
+
+def user_topics(user_id: int) -> list[str]:
+    """The presence topics a user has a live socket in."""
+    rows = TopicMember.objects.filter(live(), user_id=user_id).values_list("topic", flat=True)
+    return sorted(set(rows))
+
+
+def purge_dead_members() -> list[tuple[int, str, str]]:
+    """Delete the topic rows of dead processes; (user id, username, topic) of leaves.
+
+    Runs before purge_dead_servers (whose delete would take these rows
+    silently): a topic is left when the user has no live socket left in it.
+    """
+    dead = TopicMember.objects.exclude(live()).values_list("user_id", "user__username", "topic")
+    left = []
+    for user_id, username, topic in set(dead):
+        with transaction.atomic():
+            _lock_user(user_id, create=False)
+            mine = TopicMember.objects.filter(user_id=user_id, topic=topic)
+            deleted = mine.exclude(live()).delete()[0]
+            if deleted and not mine.filter(live()).exists():
+                left.append((user_id, username, topic))
+    return sorted(left)
 
 
 def online_users() -> list[OnlineUser]:

@@ -1,4 +1,4 @@
-"""Withdrawals carried by the database, for server processes on the in-memory layer.
+"""Withdrawals and group messages carried by the database, for the in-memory layer.
 
 The in-memory channel layer lives inside one server process: a management
 command, a shell or another server process cannot reach its sockets through
@@ -7,19 +7,25 @@ WithdrawalRequest per server process holding the sockets; each such process
 polls for its own requests (identity.heartbeat), closes the sockets and records
 how many; the requester reads that count and deletes the row.
 
+Topic events and re-checks (identity.push.publish, recheck_user) travel the
+same way, without an answer: `broadcast` writes one RelayedEvent per other
+live server process, whose poller hands it to its own layer's group_send.
+
 Synchronous ORM code; identity.push and identity.heartbeat wrap it with
 database_sync_to_async.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from identity.models import WithdrawalRequest
+from identity.models import RelayedEvent, ServerProcess, WithdrawalRequest
 
 # Rows nobody collected (the requester died waiting) are purged after this.
 STALE_AFTER = timedelta(minutes=1)
@@ -94,5 +100,54 @@ def finish(request_id: int, closed: int) -> None:
 
 
 def purge_stale() -> None:
-    """Delete requests left behind by a requester that died waiting."""
-    WithdrawalRequest.objects.filter(requested_at__lt=timezone.now() - STALE_AFTER).delete()
+    """Delete requests left behind by a requester that died waiting, and stale events."""
+    cutoff = timezone.now() - STALE_AFTER
+    WithdrawalRequest.objects.filter(requested_at__lt=cutoff).delete()
+    RelayedEvent.objects.filter(created_at__lt=cutoff).delete()
+
+
+# How long a process trusts its list of the other live server processes: a
+# process that started since may miss a relayed event for that long.
+SERVERS_TTL = 1.0  # seconds
+_servers: tuple[float, list[str]] = (0.0, [])
+
+
+def other_servers(own_id: str, live_since: Any) -> list[str]:
+    """The ids of the live server processes other than OWN_ID (cached for SERVERS_TTL)."""
+    global _servers
+    stamp, servers = _servers
+    if time.monotonic() - stamp > SERVERS_TTL:
+        rows = ServerProcess.objects.filter(heartbeat_at__gte=live_since)
+        servers = list(rows.values_list("id", flat=True))
+        _servers = (time.monotonic(), servers)
+    return [server for server in servers if server != own_id]
+
+
+def known_servers(own_id: str) -> list[str] | None:
+    """other_servers from the cache, without the database; None once it is stale."""
+    stamp, servers = _servers
+    if time.monotonic() - stamp > SERVERS_TTL:
+        return None
+    return [server for server in servers if server != own_id]
+
+
+def broadcast(servers: list[str], group: str, message: dict[str, Any]) -> None:
+    """Have each of SERVERS group_send MESSAGE to GROUP through its own layer."""
+    now = timezone.now()
+    RelayedEvent.objects.bulk_create(
+        RelayedEvent(server_id=server, group=group, message=message, created_at=now)
+        for server in servers
+    )
+
+
+def claim_events(server_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Take the (group, message) relayed to SERVER_ID, oldest first."""
+    rows = list(
+        RelayedEvent.objects.filter(server_id=server_id)
+        .order_by("pk")
+        .values_list("pk", "group", "message")
+    )
+    if not rows:
+        return []
+    RelayedEvent.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
+    return [(group, message) for _, group, message in rows]

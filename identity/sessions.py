@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from identity import push, registry, tokens
 from identity.exceptions import ServiceUnavailable
 from identity.layers import LayerUnavailable
+from identity.protocol import user_payload
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def _open(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToke
 
 
 _unregister = database_sync_to_async(registry.unregister)
+_leave = database_sync_to_async(registry.leave)
 
 
 async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken]:
@@ -67,13 +69,21 @@ async def subscribe_presence(channel_name: str) -> None:
 
 
 async def close_session(
-    channel_name: str, user_id: int, username: str, subscribed: bool = False
+    channel_name: str,
+    user_id: int,
+    username: str,
+    subscribed: bool = False,
+    topics: dict[str, bool] | None = None,
 ) -> None:
-    """Leave the groups open_session and subscribe_presence joined, and the registry.
+    """Leave the groups open_session, subscribe_presence and join_topic joined, and the registry.
 
-    Pushes `offline` if it was the user's last socket.
+    TOPICS maps the socket's topics to whether each keeps presence. Pushes
+    `offline` if it was the user's last socket, and `leave` for each presence
+    topic it was their last socket in.
     """
+    topics = topics or {}
     groups = [push.user_group(user_id)] + ([push.PRESENCE_GROUP] if subscribed else [])
+    groups += [push.topic_group(topic) for topic in topics]
     try:
         for group in groups:
             await get_channel_layer().group_discard(group, channel_name)
@@ -81,13 +91,61 @@ async def close_session(
         # Pushes to a channel nobody reads are dropped; nothing else to undo.
         logger.warning("channel layer unavailable: %s left its groups late", channel_name)
     try:
-        last = await _unregister(channel_name, user_id)
+        last, left = await _leave(channel_name, user_id, [t for t, kept in topics.items() if kept])
     except Exception:
         # The socket is going anyway; the heartbeat expiry cleans up after us.
         logger.exception("could not remove %s from the registry", channel_name)
         return
+    for topic in left:
+        await best_effort(push.push_members(topic, "leave", user_id, username))
     if last:
         await best_effort(push.push_presence("offline", user_id, username))
+
+
+async def join_topic(
+    channel_name: str, user_id: int, topic: str, presence: bool
+) -> list[dict[str, Any]] | None:
+    """Join a topic's group; with PRESENCE record it and push `join`: the members, else None."""
+    await get_channel_layer().group_add(push.topic_group(topic), channel_name)
+    if not presence:
+        return None
+    try:
+        first, members = await database_sync_to_async(registry.join_topic)(
+            user_id, channel_name, topic
+        )
+    except BaseException:
+        await get_channel_layer().group_discard(push.topic_group(topic), channel_name)
+        raise
+    if first:
+        username = next(name for uid, name in members if uid == user_id)
+        await best_effort(push.push_members(topic, "join", user_id, username))
+    return [user_payload(uid, name) for uid, name in members]
+
+
+async def leave_topic(
+    channel_name: str, user_id: int, username: str, topic: str, presence: bool
+) -> None:
+    """Leave a topic's group; with PRESENCE forget it and push `leave` if it was the last."""
+    try:
+        await get_channel_layer().group_discard(push.topic_group(topic), channel_name)
+    finally:
+        if presence:
+            last = await database_sync_to_async(registry.leave_topic)(user_id, channel_name, topic)
+            if last:
+                await best_effort(push.push_members(topic, "leave", user_id, username))
+
+
+@database_sync_to_async
+def topic_members(topic: str) -> list[dict[str, Any]]:
+    """The members of a presence topic, as USER dicts."""
+    return [user_payload(uid, name) for uid, name in registry.topic_members(topic)]
+
+
+@database_sync_to_async
+def fresh_user(user_id: int) -> Any | None:
+    """The user as stored now (rights re-read, no permission cache); None if gone or inactive."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    return user if user is not None and user.is_active else None
 
 
 @database_sync_to_async

@@ -1,0 +1,129 @@
+"""Application actions (PROTOCOL.md v2): names with a dot, registered in a realtime.py."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.test import override_settings
+
+import tests.realtime_example  # noqa: F401  (the actions below)
+from tests.conftest import access_for, adb, grant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_an_async_action_answers_with_its_return_value_and_the_ref(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.echo", {"n": 1}, ref="a1")
+    assert reply == {
+        "action": "test.echo",
+        "payload": {"payload": {"n": 1}, "user": "alice", "topics": []},
+        "ref": "a1",
+    }
+
+
+async def test_a_sync_action_runs_where_the_orm_works(alice, bob, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.count_users", None, ref=2)
+    assert reply == {"action": "test.count_users", "payload": {"users": 2}, "ref": 2}
+
+
+async def test_a_reply_without_a_ref_has_no_ref_key(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.echo", "x")
+    assert "ref" not in reply
+
+
+async def test_an_action_error_is_the_protocols_error_frame(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.refuse", None, ref="r")
+    assert reply == {
+        "action": "error",
+        "payload": {
+            "code": "invalid_payload",
+            "message": "Refused on purpose.",
+            "action": "test.refuse",
+        },
+        "ref": "r",
+    }
+
+
+async def test_an_application_may_name_its_own_error_codes(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.own_code", None)
+    assert reply["payload"]["code"] == "out_of_stock"
+    assert reply["payload"]["message"] == "Nothing left."
+
+
+async def test_a_crashing_action_is_logged_and_answered_never_1011(alice, connect, caplog):
+    client = await connect(access_for(alice))
+    with caplog.at_level(logging.ERROR, logger="identity.consumers"):
+        reply = await client.request("test.crash", None, ref="c")
+    assert reply["action"] == "error"
+    assert reply["payload"]["code"] == "server_error"
+    assert reply["ref"] == "c"
+    assert "a bug in the application" not in str(reply)  # no traceback on the wire
+    assert any("test.crash" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert (await client.request("test.echo", 1))["action"] == "test.echo"  # still open
+
+
+async def test_a_reply_that_is_not_json_is_a_server_error(alice, connect, caplog):
+    client = await connect(access_for(alice))
+    with caplog.at_level(logging.ERROR, logger="identity.consumers"):
+        reply = await client.request("test.unencodable", None, ref="u")
+    assert reply["payload"]["code"] == "server_error"
+    assert reply["ref"] == "u"
+
+
+async def test_an_action_that_needs_a_permission_is_forbidden_without_it(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.staff_only", None, ref="f")
+    assert reply["payload"] == {
+        "code": "forbidden",
+        "message": "You may not run this action.",
+        "action": "test.staff_only",
+    }
+    assert reply["ref"] == "f"
+
+
+async def test_an_action_that_needs_a_permission_runs_with_it(alice, connect):
+    await adb(grant)(alice, "change")
+    client = await connect(access_for(alice))
+    assert (await client.request("test.staff_only", None))["payload"] == "ok"
+
+
+async def test_a_permission_granted_while_connected_counts_at_once(alice, connect):
+    client = await connect(access_for(alice))
+    assert (await client.request("test.staff_only"))["payload"]["code"] == "forbidden"
+    await adb(grant)(alice, "change")  # re-read by the re-check the change triggers
+    for _ in range(50):
+        reply = await client.request("test.staff_only")
+        if reply["payload"] == "ok":
+            break
+    assert reply["payload"] == "ok"
+
+
+async def test_application_actions_need_an_identity(connect):
+    client = await connect()
+    reply = await client.request("test.echo", None, ref="n")
+    assert reply["payload"]["code"] == "not_authenticated"
+    assert reply["ref"] == "n"
+
+
+async def test_an_unknown_name_with_a_dot_is_unknown_action(alice, connect):
+    client = await connect(access_for(alice))
+    reply = await client.request("test.nothing", None, ref="x")
+    assert reply["payload"]["code"] == "unknown_action"
+    assert reply["ref"] == "x"
+
+
+@override_settings(IDENTITY_RATE_LIMIT=1, IDENTITY_RATE_BURST=2)
+async def test_application_actions_share_the_sockets_rate_limit(alice, connect):
+    client = await connect(access_for(alice))
+    codes = []
+    for n in range(4):
+        reply = await client.request("test.echo", n, ref=n)
+        codes.append(reply["payload"].get("code") if reply["action"] == "error" else "ok")
+        assert reply["ref"] == n
+    assert "rate_limited" in codes
