@@ -121,7 +121,7 @@ def withdrawal_poll() -> float:
 
 
 def max_topics_per_socket() -> int:
-    """Topic subscriptions one socket may hold."""
+    """Topic subscriptions one socket may hold; 0 is no limit."""
     return int(_get("IDENTITY_MAX_TOPICS_PER_SOCKET"))
 
 

@@ -485,7 +485,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 result = await spec.handler(socket, envelope.payload)
             else:
                 result = await database_sync_to_async(spec.handler)(socket, envelope.payload)
-            text = orjson.dumps(frame(envelope.action, result, envelope.ref)).decode()
+            text = encode(frame(envelope.action, result, envelope.ref))
         except realtime.ActionError as exc:
             error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
             await self.send_json(error)
@@ -505,7 +505,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             members = await sessions.topic_members(name) if spec.presence else None
         else:
             spec = await self.authorize(name)
-            if len(self.topics or ()) >= conf.max_topics_per_socket():
+            limit = conf.max_topics_per_socket()
+            if limit and len(self.topics or ()) >= limit:
                 raise EnvelopeError(
                     ErrorCode.TOPIC_LIMIT,
                     f"A socket may hold {conf.max_topics_per_socket()} subscriptions; "
@@ -565,11 +566,20 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             return  # deleted or deactivated: the withdrawal is on its way
         self.user = self.scope["user"] = user
         for name, spec in list((self.topics or {}).items()):
-            found = realtime.find_topic(name)
-            if found is not None and await realtime.allowed(spec, found[1], user):
+            if await self.still_allowed(name, spec, user):
                 continue
             if await self.leave_topic(name) and not self.closing:
                 await self.send_json(unsubscribed_push(name, Unsubscribed.FORBIDDEN))
+
+    @staticmethod
+    async def still_allowed(name: str, spec: realtime.Topic, user: Any) -> bool:
+        """A re-check of one subscription; one that cannot be decided ends (logged)."""
+        found = realtime.find_topic(name)
+        try:
+            return found is not None and await realtime.allowed(spec, found[1], user)
+        except Exception:
+            logger.warning("could not re-check %s: ended", name, exc_info=True)
+            return False
 
     # --- identity state -------------------------------------------------------
 
@@ -783,7 +793,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """
         mine = self.topics is not None and event["topic"] in self.topics
         if mine and not self.closing and event.get("user_id") != self.user.pk:
-            await self.send_json(event["frame"])
+            await self.transmit({"type": "websocket.send", "text": event["text"]})
 
     async def identity_recheck(self, event: dict[str, Any]) -> None:
         """The user's rights changed (identity.push.recheck_user)."""

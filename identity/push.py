@@ -30,6 +30,7 @@ from identity.layers import LayerUnavailable, in_process, release
 from identity.protocol import (
     Action,
     Reason,
+    encode,
     event_push,
     frame,
     members_push,
@@ -291,14 +292,20 @@ async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | No
         raise ValueError(f"{topic!r} / {event!r}: names are 1-100 characters of A-Z a-z 0-9 _.:-")
     await _group_send(
         topic_group(topic),
-        {"type": TOPIC_EVENT, "topic": topic, "frame": event_push(topic, event, data, sender)},
+        # Encoded once here, not once per subscriber; DATA that is not JSON
+        # raises TypeError in the caller instead of being dropped at each socket.
+        {
+            "type": TOPIC_EVENT,
+            "topic": topic,
+            "text": encode(event_push(topic, event, data, sender)),
+        },
     )
 
 
 async def push_members(topic: str, event: str, user_id: int, username: str) -> None:
     """Tell a presence topic's subscribers that a user joined or left it."""
     payload = members_push(topic, event, user_payload(user_id, username))
-    message = {"type": TOPIC_EVENT, "topic": topic, "frame": payload, "user_id": user_id}
+    message = {"type": TOPIC_EVENT, "topic": topic, "text": encode(payload), "user_id": user_id}
     await _group_send(topic_group(topic), message)
 
 

@@ -22,17 +22,21 @@ from any code. docs/realtime.md has the rules and limits.
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 from django.utils.module_loading import autodiscover_modules
 
 from identity.protocol import name_ok
 
 __all__ = ["ActionError", "Socket", "action", "topic"]
+
+logger = logging.getLogger(__name__)
 
 # A pattern's parameter matches one segment: no dot, so `room.{name}` never
 # matches `room.a.b` (PROTOCOL.md's alphabet otherwise).
@@ -171,7 +175,21 @@ def pattern_problem(pattern: str) -> str | None:
 
 
 async def allowed(spec: Topic, params: dict[str, str], user: Any) -> bool:
-    """Whether USER may subscribe to (and publish on) a topic of SPEC with PARAMS."""
+    """Whether USER may subscribe to (and publish on) a topic of SPEC with PARAMS.
+
+    A rule that raises refuses (and is logged): a bug in a rule must not open
+    a topic, nor end the socket that asked. A database outage is raised.
+    """
+    try:
+        return await _check(spec, params, user)
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.exception("the rule of topic pattern %r failed: refused", spec.pattern)
+        return False
+
+
+async def _check(spec: Topic, params: dict[str, str], user: Any) -> bool:
     if not user.is_active:
         return False
     if spec.permission is not None and not await _has_perm(user, spec.permission):

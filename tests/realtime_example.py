@@ -73,3 +73,7 @@ async def staff_only(socket: Socket, payload: Any) -> Any:
 async def slow(socket: Socket, payload: Any) -> Any:
     await asyncio.sleep(0)
     return payload
+
+
+# A rule with a bug: it raises for names it does not expect.
+topic("broken.{n}", allow=lambda user, n: int(n) > 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -127,3 +128,12 @@ async def test_application_actions_share_the_sockets_rate_limit(alice, connect):
         codes.append(reply["payload"].get("code") if reply["action"] == "error" else "ok")
         assert reply["ref"] == n
     assert "rate_limited" in codes
+
+
+async def test_an_integer_ref_past_64_bits_comes_back_exactly(alice, connect):
+    client = await connect(access_for(alice))
+    ref = 2**70 + 1
+    await client.send_text(f'{{"action": "test.echo", "payload": 1, "ref": {ref}}}')
+    raw = await client.communicator.receive_from()
+    assert f'"ref":{ref}' in raw
+    assert json.loads(raw)["action"] == "test.echo"

@@ -444,7 +444,8 @@ def test_every_field_has_a_visible_label_and_fits_the_screen(
         expect(page.get_by_label(label, exact=True)).to_be_visible()
     sign_in_to_shared(page, shared, shared_database)
     width = (page.viewport_size or {})["width"]
-    for label in ("Echo (only you see it, signed by the server as you)", "To", "Direct message"):
+    fields = ("Message to everyone in the lobby", "To", "Direct message", "Text to echo")
+    for label in fields:
         field = page.get_by_role("textbox", name=label, exact=True)
         expect(field).to_be_visible()
         # A visible label, not a placeholder that vanishes (or is cut) as one types.
@@ -474,14 +475,15 @@ def test_no_serious_accessibility_violations_signed_out_and_signed_in(
     screenshot(page, "signed-in")
 
 
-def test_after_signing_in_the_message_box_has_focus_and_log_lines_a_time(
+def test_after_signing_in_the_lobby_box_has_focus_and_lines_have_a_time(
     page: Page, shared: LiveServer, shared_database: Database
 ) -> None:
     sign_in_to_shared(page, shared, shared_database)
-    expect(page.locator("#message-input")).to_be_focused()
+    # The shared chat, not the echo: text typed at once goes where others see it.
+    expect(page.locator("#room-lobby-input")).to_be_focused()
     page.keyboard.type("hello with a time")
     page.keyboard.press("Enter")
-    line = page.locator("#log li").last
+    line = page.locator("#room-lobby-messages li").last
     expect(line).to_contain_text("alice: hello with a time", timeout=STEP)
     stamp = line.locator("time")
     expect(stamp).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))

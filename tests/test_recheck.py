@@ -160,3 +160,10 @@ async def test_a_change_inside_a_transaction_re_checks_once_it_commits(connect):
 
     await adb(demote_then_fail)()
     await client.assert_silent()  # rolled back: she is staff still
+
+
+async def test_a_rule_that_raises_on_a_re_check_ends_the_subscription(alice, connect, monkeypatch):
+    client = await subscribed(alice, connect, "chat.general")
+    monkeypatch.setattr(tests.realtime_example, "BANNED", None)  # `name in None` raises
+    await push.recheck_user(alice.pk)
+    assert await client.receive() == ended("chat.general")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
 from typing import Any
 
 import pytest
@@ -340,3 +342,36 @@ async def test_a_user_made_later_is_a_member_too(alice, connect):
     client = await connect(access_for(carol))
     reply = await subscribe(client, "room.lobby")
     assert reply["payload"]["members"] == [user_of(carol)]
+
+
+async def test_a_rule_that_raises_refuses_is_logged_and_the_socket_lives_on(alice, connect, caplog):
+    client = await connect(access_for(alice))
+    assert (await subscribe(client, "broken.3"))["payload"]["subscribed"] is True
+    with caplog.at_level(logging.ERROR, logger="identity.realtime"):
+        reply = await client.request("subscribe", {"topic": "broken.abc"}, ref="b")
+    assert reply["payload"]["code"] == "forbidden"
+    assert reply["ref"] == "b"
+    assert any("broken.{n}" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert (await client.request("ping", 1))["action"] == "pong"
+
+
+async def test_server_data_that_is_not_json_raises_in_the_caller(alice, connect):
+    client = await connect(access_for(alice))
+    await subscribe(client, "news")
+    with pytest.raises(TypeError):
+        await push.publish("news", "bad", {"a": {1, 2}})
+    await client.assert_silent()
+
+
+async def test_server_data_reads_the_same_on_every_layer(alice, connect):
+    client = await connect(access_for(alice))
+    await subscribe(client, "news")
+    await push.publish("news", "when", {"at": datetime.date(2026, 12, 3)})
+    assert (await client.receive())["payload"]["data"] == {"at": "2026-12-03"}
+
+
+@override_settings(IDENTITY_MAX_TOPICS_PER_SOCKET=0)
+async def test_a_topic_limit_of_0_is_no_limit(alice, connect):
+    client = await connect(access_for(alice))
+    for name in ["news", "room.lobby", "notes.alice", "chat.a", "chat.b"]:
+        assert (await subscribe(client, name))["payload"]["subscribed"] is True

@@ -6,6 +6,32 @@ import { HttpError, IdentityClient, IdentityError } from "./client.js";
 
 const MAX_LOG_ENTRIES = 200;
 
+// The rooms this project declares in config/realtime.py, built only on the
+// public topic API. A server without one answers `unknown_topic` and the room
+// stays hidden (the whole section when it has none).
+const ROOMS = [
+  {
+    key: "lobby",
+    topic: "room.lobby",
+    name: "Lobby",
+    about: "Everyone who is signed in is here.",
+    label: "Message to everyone in the lobby",
+    send: "Send to lobby",
+    lost: "You no longer have access to the lobby.",
+  },
+  {
+    key: "staff",
+    topic: "room.staff",
+    name: "Staff room",
+    about: "Only staff see this room.",
+    label: "Message to the staff room",
+    send: "Send to staff",
+    lost: "You no longer have access to the staff room.",
+  },
+];
+// Subscribe failures the next sign-in on this socket retries (the rest hide the room).
+const RETRYABLE = new Set(["not_connected", "connection_closed", "timeout", "service_unavailable"]);
+
 // Why the server (or the client) ended a session, in words for the person.
 const REASONS = {
   kicked: "An administrator signed you out.",
@@ -23,6 +49,12 @@ const UNREACHABLE = "Could not reach the server. Check the connection and try ag
 const el = (id) => document.getElementById(id);
 const client = new IdentityClient();
 const online = new Map(); // user id -> username
+// topic -> {spec, status, members: Map(id -> username), fresh, view}; status is
+// one of idle, joining, joined, refused (forbidden from the start), removed
+// (the right was taken away), absent (the server has no such topic). `fresh`:
+// the member list came from the server since the connection was last lost.
+const rooms = new Map();
+let roomsJoined = Promise.resolve();
 let countdownTimer = null;
 
 // ---- connection state ------------------------------------------------------
@@ -80,9 +112,11 @@ function renderAvailability() {
   el("offline-note").hidden = live || !client.signedIn;
   el("online-note").hidden = live || !client.signedIn;
   el("online-list").classList.toggle("stale", !live);
+  renderRoomsFreshness();
 }
 
 function onState() {
+  if (client.state !== "online") for (const room of rooms.values()) room.fresh = false;
   renderState();
   syncCountdown();
   renderAvailability();
@@ -125,12 +159,24 @@ function clearSessionView() {
   el("expires").removeAttribute("datetime");
   online.clear();
   renderOnline();
+  resetRooms();
+}
+
+/** After signing in, the first box to write in: the first room's, else the direct message. */
+function focusFirstBox() {
+  const room = [...rooms.values()].find(({ status }) => status === "joined");
+  (room ? room.view.input : el("direct-to")).focus();
 }
 
 // ---- log -------------------------------------------------------------------
 
-/** Append one entry; `parts` are [className, text] pairs joined in order. */
+/** Append one entry to the private log; `parts` are [className, text] pairs. */
 function log(kind, ...parts) {
+  appendLine(el("log"), kind, parts);
+}
+
+/** Append a timestamped line to a list (the log, a room's messages); keep the last few hundred. */
+function appendLine(list, kind, parts) {
   const entry = document.createElement("li");
   entry.className = kind;
   const now = new Date();
@@ -144,14 +190,13 @@ function log(kind, ...parts) {
     span.textContent = text;
     entry.append(span);
   }
-  const list = el("log");
   list.append(entry);
   while (list.childElementCount > MAX_LOG_ENTRIES) list.firstElementChild.remove();
   entry.scrollIntoView({ block: "nearest" });
 }
 
-function logProblem(what, err) {
-  log("problem", ["", `${what}: ${describeError(err)}`]);
+function logProblem(what, err, list = el("log")) {
+  appendLine(list, "problem", [["", `${what}: ${describeError(err)}`]]);
 }
 
 function describeError(err) {
@@ -163,7 +208,12 @@ function describeError(err) {
 // ---- online list -----------------------------------------------------------
 
 function renderOnline() {
-  const items = [...online.entries()]
+  renderNames(el("online-list"), online);
+}
+
+/** A list of people (id -> username), by name; each name addresses a direct message. */
+function renderNames(list, people) {
+  const items = [...people.entries()]
     .sort(([, a], [, b]) => a.localeCompare(b))
     .map(([id, username]) => {
       const item = document.createElement("li");
@@ -176,7 +226,7 @@ function renderOnline() {
       if (id === client.user?.id) item.classList.add("me");
       return item;
     });
-  el("online-list").replaceChildren(...items);
+  list.replaceChildren(...items);
 }
 
 /** A name from the online list becomes the direct message's recipient. */
@@ -197,6 +247,153 @@ function onPresence(payload) {
   renderOnline();
 }
 
+// ---- rooms -----------------------------------------------------------------
+
+/** A room's section, cloned from #room-template, with ids of its own. */
+function buildRoom(spec) {
+  const section = el("room-template").content.firstElementChild.cloneNode(true);
+  const part = (name) => section.querySelector(`.room-${name}`);
+  const id = (name) => `room-${spec.key}-${name}`;
+  section.id = id("section");
+  part("name").id = id("name");
+  part("name").textContent = spec.name;
+  part("about").textContent = spec.about;
+  part("messages-title").id = id("messages-title");
+  part("members-title").id = id("members-title");
+  // "Lobby Messages", "Lobby Here now": one name per room for each list.
+  part("messages").id = id("messages");
+  part("messages").setAttribute("aria-labelledby", `${id("name")} ${id("messages-title")}`);
+  part("members").id = id("members");
+  part("members").setAttribute("aria-labelledby", `${id("name")} ${id("members-title")}`);
+  part("label").htmlFor = id("input");
+  part("label").textContent = spec.label;
+  part("input").id = id("input");
+  part("send").id = id("send");
+  part("send").textContent = spec.send;
+  part("form").id = id("form");
+  part("form").setAttribute("aria-labelledby", id("name"));
+  part("form").addEventListener("submit", (event) => onRoomSubmit(event, spec.topic));
+  section.setAttribute("aria-labelledby", id("name"));
+  section.hidden = true;
+  el("room-list").append(section);
+  return { section, messages: part("messages"), members: part("members"), input: part("input") };
+}
+
+function renderRooms() {
+  for (const room of rooms.values()) {
+    room.view.section.hidden = room.status !== "joined";
+    room.view.section.dataset.status = room.status; // for tests and styles
+  }
+  const anyJoined = [...rooms.values()].some(({ status }) => status === "joined");
+  el("rooms").hidden = !anyJoined && el("rooms-note").textContent === "";
+}
+
+/** A member list is grey from a lost connection until the server lists the room again. */
+function renderRoomsFreshness() {
+  const live = client.state === "online";
+  for (const room of rooms.values()) {
+    room.view.members.classList.toggle("stale", !(live && room.fresh));
+  }
+}
+
+/** Join every room not joined yet; after each `auth` (the client re-joins the ones it holds). */
+function joinRooms() {
+  return Promise.all([...rooms.values()].map(joinRoom));
+}
+
+async function joinRoom(room) {
+  if (room.status !== "idle") return;
+  room.status = "joining";
+  try {
+    await client.subscribe(room.spec.topic); // the member list comes as a `members` event
+    room.status = "joined";
+  } catch (err) {
+    room.status = RETRYABLE.has(err.code) ? "idle" : err.code === "forbidden" ? "refused" : "absent";
+    if (err.code === "service_unavailable") logProblem(`Joining ${room.spec.name}`, err);
+  }
+  renderRooms();
+}
+
+function inRoom(topic) {
+  const room = rooms.get(topic);
+  return room && (room.status === "joining" || room.status === "joined") ? room : null;
+}
+
+function onMembers({ topic, members, event, user }) {
+  const room = inRoom(topic);
+  if (!room) return;
+  if (Array.isArray(members)) {
+    // The whole list: a (re-)subscription's reply, after a reconnect too.
+    room.members.clear();
+    for (const { id, username } of members) room.members.set(id, username);
+    room.fresh = true;
+    renderRoomsFreshness();
+  } else if (event === "join") {
+    room.members.set(user.id, user.username); // idempotent: our own join may come twice
+  } else if (event === "leave") {
+    room.members.delete(user.id);
+  }
+  renderNames(room.view.members, room.members);
+}
+
+function onRoomEvent({ topic, event, data, from }) {
+  const room = inRoom(topic);
+  // Anyone may publish anything to a room; the page shows text messages only.
+  if (!room || event !== "message" || typeof data?.text !== "string") return;
+  const who = from?.username ?? "server";
+  appendLine(room.view.messages, "message", [["who", who], ["", ": "], ["text", data.text]]);
+}
+
+/** The server ended a subscription: the right was taken away (or the room is gone). */
+function onUnsubscribed({ topic, reason }) {
+  const room = inRoom(topic);
+  // "identity": the socket is signing in again; the client re-joins by itself.
+  if (!room || reason === "identity") return;
+  const hadFocus = room.view.section.contains(document.activeElement);
+  room.status = reason === "forbidden" ? "removed" : "absent";
+  clearRoom(room);
+  if (reason === "forbidden") el("rooms-note").textContent = room.spec.lost;
+  renderRooms();
+  // Focus must not vanish with the room: it goes to the note that says why.
+  if (hadFocus) el("rooms-note").focus();
+}
+
+function clearRoom(room) {
+  room.members.clear();
+  room.view.members.replaceChildren();
+  room.view.messages.replaceChildren();
+  room.view.input.value = "";
+}
+
+function resetRooms() {
+  for (const room of rooms.values()) {
+    room.status = "idle";
+    clearRoom(room);
+  }
+  el("rooms-note").textContent = "";
+  renderRooms();
+}
+
+async function onRoomSubmit(event, topic) {
+  event.preventDefault();
+  const room = rooms.get(topic);
+  const input = room.view.input;
+  try {
+    // Everyone in the room gets it, this page included: it shows when it comes back.
+    await client.publish(topic, { text: input.value }, "message");
+    input.value = "";
+  } catch (err) {
+    logProblem("Not sent", err, room.view.messages);
+  }
+}
+
+function setUpRooms() {
+  for (const spec of ROOMS) {
+    const room = { spec, status: "idle", members: new Map(), fresh: false, view: buildRoom(spec) };
+    rooms.set(spec.topic, room);
+  }
+}
+
 // ---- client events ---------------------------------------------------------
 
 function onIdentity({ user, expiresAt }) {
@@ -206,6 +403,7 @@ function onIdentity({ user, expiresAt }) {
   // Subscribes this socket to presence pushes; needed after every auth
   // because a new socket (or a new identity) starts unsubscribed.
   client.presence().catch((err) => logProblem("Online list", err));
+  roomsJoined = joinRooms();
 }
 
 function onSignedOut({ reason }) {
@@ -218,9 +416,21 @@ function bindClient() {
   client.on("identity", onIdentity);
   client.on("signedout", onSignedOut);
   client.on("presence", onPresence);
-  client.on("message", ({ text, user }) => log("message", ["who", user.username], ["", ": "], ["text", text]));
+  client.on("members", onMembers);
+  client.on("event", onRoomEvent);
+  client.on("unsubscribed", onUnsubscribed);
+  client.on("message", ({ text, user }) =>
+    log("message", ["tag", "echo"], ["", " "], ["who", user.username], ["", ": "], ["text", text]),
+  );
   client.on("direct", ({ from, text }) =>
-    log("direct", ["who", from.username], ["", " → you: "], ["text", text]),
+    log(
+      "direct",
+      ["tag", "direct"],
+      ["", " "],
+      ["who", from.username],
+      ["", " → you: "],
+      ["text", text],
+    ),
   );
   client.on("error", (err) => logProblem("Server", err));
 }
@@ -237,7 +447,8 @@ async function onSignIn(event) {
     await client.signIn(el("username").value, el("password").value);
     el("password").value = "";
     showSession();
-    el("message-input").focus();
+    await roomsJoined; // started by the `identity` event, before signIn() resolved
+    focusFirstBox();
   } catch (err) {
     if (!(err instanceof IdentityError && err.code === "cancelled")) {
       el("signin-error").textContent = signInErrorText(err);
@@ -282,7 +493,15 @@ async function onDirect(event) {
   try {
     const reply = await client.sendDirect(to, text);
     const note = reply.online ? "" : ` (${reply.to} is not online)`;
-    log("direct sent", ["", "you → "], ["who", reply.to], ["", ": "], ["text", text], ["note", note]);
+    log(
+      "direct sent",
+      ["tag", "direct"],
+      ["", " you → "],
+      ["who", reply.to],
+      ["", ": "],
+      ["text", text],
+      ["note", note],
+    );
     input.value = "";
   } catch (err) {
     logProblem(`Direct message to ${to} not sent`, err);
@@ -310,6 +529,7 @@ function bindForms() {
 
 // ---- start -----------------------------------------------------------------
 
+setUpRooms();
 bindClient();
 bindForms();
 if (client.start()) {

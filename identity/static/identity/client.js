@@ -1,5 +1,6 @@
 /**
- * IdentityClient: a browser (or Node) client for the identity protocol, v1.
+ * IdentityClient: a browser (or Node) client for the identity protocol, v1,
+ * and the topics of v2 (subscribe, publish, members).
  *
  * No DOM access and no dependencies, so third-party pages can load it as an
  * ES module as it is. The wire contract it speaks is described in the
@@ -13,6 +14,13 @@
  *     client.on("signedout", ({ reason }) => ...);
  *     const { user } = await client.signIn(username, password);  // signed in now
  *     const echo = await client.sendMessage("hello");  // {text, user}
+ *
+ *     // Topics (v2): the server declares them; subscriptions outlive reconnects.
+ *     client.on("event", ({ topic, event, data, from }) => ...);
+ *     client.on("members", ({ topic, members, event, user }) => ...);
+ *     client.on("unsubscribed", ({ topic, reason }) => ...);
+ *     const { members } = await client.subscribe("room.lobby");
+ *     await client.publish("room.lobby", { text: "hi" });
  *
  *     // A page that may already hold this tab's tokens (a reload):
  *     if (client.start()) { ... wait for the "identity" event before requests ... }
@@ -62,11 +70,29 @@
  *                             ("not_connected", "connection_closed").
  *   sendMessage(text), sendDirect(to, text), presence(), whoami(), ping(x)
  *                             shorthands for request().
+ *   subscribe(topic) -> Promise<payload>   `{topic, subscribed: true}`, plus
+ *                             `members` on a topic that keeps presence (also
+ *                             emitted as a `members` event). Rejects like
+ *                             request(): "unknown_topic", "forbidden",
+ *                             "topic_limit", ... The server forgets
+ *                             subscriptions with the socket (and the identity),
+ *                             so after every reconnect (or in-band re-auth
+ *                             that follows `session` `expired`) the client
+ *                             subscribes again to every topic it holds.
+ *   unsubscribe(topic) -> Promise<payload>  `{topic, subscribed: false}`; the
+ *                             topic is forgotten at once, connected or not.
+ *   publish(topic, data, event) -> Promise<payload>  `{topic}`; `event` is an
+ *                             optional string (the server's default is
+ *                             "message"). Only where the topic lets clients
+ *                             publish ("forbidden" otherwise).
  *   on(type, listener) -> unsubscribe function;  off(type, listener).
  *
  * Properties (read-only): state ("connecting" | "online" | "offline"),
  *   retryAt (epoch ms of the next reconnect, or null), user ({id, username}
- *   or null), expiresAt (UNIX seconds or null), signedIn (tokens held).
+ *   or null), expiresAt (UNIX seconds or null), signedIn (tokens held),
+ *   topics (the topics this client holds and keeps subscribed, an array).
+ *   Subscriptions belong to one sign-in: signIn() and every `signedout`
+ *   forget them.
  *
  * Events (listener receives one object):
  *   state      {state, retryAt}   "online" means authenticated; "offline"
@@ -84,6 +110,19 @@
  *   direct     {from, text}     pushes from other users' `send`.
  *   presence   {users} (the reply to `presence`) or {event, user} (pushes).
  *   session    {event, expires_at?}  the server's session pushes.
+ *   event      {topic, event, data, from}  something was published to a
+ *              subscribed topic; `from` is a USER, or null when the server
+ *              published. The publisher's own sockets get it too.
+ *   members    {topic, members} (a subscribe reply, re-subscriptions after a
+ *              reconnect included: the whole list) or {topic, event: "join" |
+ *              "leave", user} (pushes; a join may name a user already listed).
+ *   unsubscribed {topic, reason}  the server ended a subscription: "forbidden"
+ *              (the user lost the right; the topic is dropped, not subscribed
+ *              again) or "identity" (the socket lost its identity; subscribed
+ *              again after the next `auth`). Also emitted when a
+ *              re-subscription after a reconnect is refused, with the error's
+ *              code as `reason` ("forbidden", "unknown_topic", ...); the topic
+ *              is dropped then too.
  *   error      {code, message, action}  an `error` frame that answered no
  *              pending request.
  *
@@ -116,6 +155,16 @@ const REFRESHABLE_AUTH_ERRORS = new Set(["token_expired", "token_revoked"]);
 // A user over their socket limit may get in once another tab closes; a server
 // that lost its channel layer (Redis) answers again once it is back.
 const TRANSIENT_AUTH_ERRORS = new Set(["connection_limit", "service_unavailable"]);
+
+// Refusals of a re-subscription that waiting will not cure: the topic is dropped.
+const FINAL_SUBSCRIBE_ERRORS = new Set([
+  "forbidden",
+  "unknown_topic",
+  "topic_limit",
+  "invalid_payload",
+]);
+// Failures that the next connect retries by itself: nothing to report.
+const CONNECTION_ERRORS = new Set(["not_connected", "connection_closed", "timeout"]);
 
 // When the token lifetime is shorter than the server's expiry notice, every
 // re-auth is answered by another `expiring`; this floor stops a refresh loop.
@@ -218,6 +267,11 @@ export class IdentityClient {
     this._lastHintedRefresh = -Infinity;
     this._lastDisconnect = null;
     this._signingIn = null; // {resolve, reject, timer} while signIn() waits for `auth`
+    // Topics this client keeps subscribed, and those the current socket's
+    // identity holds on the server now; the difference is re-subscribed after
+    // the next `auth`.
+    this._topics = new Set();
+    this._subscribed = new Set();
 
     this._state = "offline";
     this._retryAt = null;
@@ -244,6 +298,10 @@ export class IdentityClient {
 
   get signedIn() {
     return this._tokens !== null;
+  }
+
+  get topics() {
+    return [...this._topics];
   }
 
   // ---- events --------------------------------------------------------------
@@ -297,6 +355,7 @@ export class IdentityClient {
     this._cancelSignIn();
     // Another identity may still be connected in this tab; it goes quietly.
     this._teardown();
+    this._topics.clear();
     this._saveTokens(tokens);
     this._attempt = 0;
     const established = new Promise((resolve, reject) => {
@@ -369,6 +428,31 @@ export class IdentityClient {
     return this.request("ping", payload);
   }
 
+  /** Subscribe to a topic and keep it subscribed across reconnects; resolves with the reply. */
+  async subscribe(topic) {
+    const reply = await this.request("subscribe", { topic });
+    this._subscribedTo(topic, reply);
+    return reply;
+  }
+
+  /** Stop receiving a topic; resolves with `{topic, subscribed: false}`. */
+  unsubscribe(topic) {
+    // Forgotten first: a reconnect in between must not bring it back.
+    this._topics.delete(topic);
+    this._subscribed.delete(topic);
+    if (this._state !== "online") {
+      // A socket without an identity holds no subscription to end.
+      return Promise.resolve({ topic, subscribed: false });
+    }
+    return this.request("unsubscribe", { topic });
+  }
+
+  /** Publish to a topic that lets clients publish; resolves with `{topic}`. */
+  publish(topic, data, event) {
+    const payload = event === undefined ? { topic, data } : { topic, data, event };
+    return this.request("publish", payload);
+  }
+
   _requestOn(ws, action, payload, timeout) {
     if (!ws || ws.readyState !== 1) {
       return Promise.reject(new IdentityError("not_connected", "Not connected.", action));
@@ -422,6 +506,7 @@ export class IdentityClient {
     }
     this._ws = ws;
     this._lastDisconnect = null;
+    this._subscribed.clear(); // the server forgets subscriptions with the socket
     // Handlers check `ws === this._ws` so a socket we replaced stays silent.
     ws.onopen = () => ws === this._ws && this._authenticate(ws);
     ws.onmessage = (event) => ws === this._ws && this._onFrame(ws, event.data);
@@ -454,7 +539,12 @@ export class IdentityClient {
       case "message":
       case "direct":
       case "presence":
+      case "event":
+      case "members":
         this._emit(action, payload);
+        break;
+      case "unsubscribed":
+        this._onUnsubscribed(payload ?? {});
         break;
       case "error":
         if (!answered) this._emit("error", payload);
@@ -567,6 +657,48 @@ export class IdentityClient {
       clearTimeout(signingIn.timer);
       signingIn.resolve({ user, expiresAt });
     }
+    this._resubscribe();
+  }
+
+  // ---- topics --------------------------------------------------------------
+
+  _subscribedTo(topic, reply) {
+    this._topics.add(topic);
+    this._subscribed.add(topic);
+    if (Array.isArray(reply?.members)) this._emit("members", { topic, members: reply.members });
+  }
+
+  /** After an `auth`: subscribe again to the topics the server no longer holds for us. */
+  _resubscribe() {
+    const ws = this._ws;
+    // Only answers for this socket, and for topics nobody unsubscribed meanwhile.
+    const current = (topic) => ws === this._ws && this._topics.has(topic);
+    for (const topic of this._topics) {
+      if (this._subscribed.has(topic)) continue;
+      this._requestOn(ws, "subscribe", { topic }, this._requestTimeout).then(
+        (reply) => current(topic) && this._subscribedTo(topic, reply),
+        (err) => current(topic) && this._onResubscribeRefused(topic, err),
+      );
+    }
+  }
+
+  _onResubscribeRefused(topic, err) {
+    if (FINAL_SUBSCRIBE_ERRORS.has(err.code)) {
+      this._topics.delete(topic);
+      this._emit("unsubscribed", { topic, reason: err.code });
+    } else if (!CONNECTION_ERRORS.has(err.code)) {
+      // Kept: the next `auth` tries again. Said, so a page can show it.
+      this._emit("error", { code: err.code, message: err.message, action: "subscribe" });
+    }
+  }
+
+  _onUnsubscribed(payload) {
+    const { topic, reason } = payload;
+    this._subscribed.delete(topic);
+    // "identity": the same sign-in comes back with the next `auth`, and so
+    // does the subscription. Anything else ("forbidden") is final.
+    if (reason !== "identity") this._topics.delete(topic);
+    this._emit("unsubscribed", payload);
   }
 
   /**
@@ -654,6 +786,7 @@ export class IdentityClient {
     const refresh = this._tokens?.refresh;
     this._teardown();
     this._clearTokens();
+    this._topics.clear();
     this._user = null;
     this._expiresAt = null;
     this._attempt = 0;
