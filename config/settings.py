@@ -92,6 +92,7 @@ CSRF_TRUSTED_ORIGINS = [origin for origin in IDENTITY_ALLOWED_ORIGINS if "://" i
 
 INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver replaces Django's
+    "identity",  # before the admin: its admin/index.html adds the dashboard link
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -102,7 +103,6 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "rest_framework_simplejwt.token_blacklist",
     "channels",
-    "identity",
     # This project's own app: its realtime.py declares the page's rooms.
     "config",
 ]
@@ -126,7 +126,7 @@ ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [],  # identity's templates ship inside the app
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -1,39 +1,20 @@
-"""HTTP routes: the page, the admin, the token and staff API, the health check."""
+"""HTTP routes: the page, the admin, the token and staff API, the health check (identity.urls)."""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
-from rest_framework_simplejwt.views import TokenBlacklistView, TokenRefreshView
+from django.urls import include, path
 
-from identity import api, dashboard, views
+from identity.urls import admin_urlpatterns
 
 urlpatterns = [
-    path("", views.index, name="index"),
-    path(
-        "admin/identity/dashboard/",
-        admin.site.admin_view(dashboard.page),
-        name="identity_dashboard",
-    ),
-    path(
-        "admin/identity/dashboard/data/",
-        admin.site.admin_view(dashboard.data),
-        name="identity_dashboard_data",
-    ),
+    # The dashboard before the admin's own URLs: its catch-all would take them.
+    path("admin/", include(admin_urlpatterns)),
     path("admin/", admin.site.urls),
-    path("api/token/", api.SignInView.as_view(), name="token_obtain_pair"),
-    path("api/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
-    path("api/token/blacklist/", TokenBlacklistView.as_view(), name="token_blacklist"),
-    path("api/online/", api.OnlineView.as_view(), name="api_online"),
-    path(
-        "api/users/<str:username>/disconnect/",
-        api.DisconnectView.as_view(),
-        name="api_disconnect",
-    ),
-    path("api/users/<str:username>/revoke/", api.RevokeView.as_view(), name="api_revoke"),
-    path("healthz", api.healthz, name="healthz"),
+    path("", include("identity.urls")),
 ]
 
+# JSON instead of HTML error pages under /api/ and /healthz (identity.views).
 handler400 = "identity.views.bad_request"
 handler404 = "identity.views.not_found"
 handler500 = "identity.views.server_error"

@@ -78,8 +78,10 @@ class Database:
 class LiveServer:
     """One server process (runserver = daphne by default) on a free port."""
 
-    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
-        self.env = env
+    def __init__(
+        self, env: dict[str, str], command: list[str] | None = None, cwd: Path = ROOT
+    ) -> None:
+        self.env, self.cwd = env, cwd
         self.port = free_port()
         self.command = command or ["manage.py", "runserver", "--noreload"]
         self.process: subprocess.Popen[bytes] | None = None
@@ -93,15 +95,17 @@ class LiveServer:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/"
 
-    def start(self) -> LiveServer:
+    def argv(self) -> list[str]:
+        """The server's command line, listening on 127.0.0.1:port."""
         args = [sys.executable, *self.command]
         if self.command[:2] == ["manage.py", "runserver"]:
-            args.append(f"127.0.0.1:{self.port}")
-        else:
-            args += ["--host", "127.0.0.1", "--port", str(self.port)]
+            return [*args, f"127.0.0.1:{self.port}"]
+        return [*args, "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start(self) -> LiveServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv(), cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         self.wait_ready()
         return self

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
+from tests.readme import OWN_PROJECT, code_blocks, readme_sections
 from tests.servers import ROOT, Database, LiveServer
 
 pytestmark = pytest.mark.server
 
 SHELL_MARK = "# python manage.py shell"
 
-
-def readme_blocks(language: str) -> list[str]:
-    """The fenced code blocks of README.md in `language`, in order."""
-    text = (ROOT / "README.md").read_text()
-    return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
-
-
-SCRIPTS = [block for block in readme_blocks("python") if not block.startswith(SHELL_MARK)]
-SHELL_SNIPPETS = [block for block in readme_blocks("python") if block.startswith(SHELL_MARK)]
+# This project's examples; those of another project are tests/test_wheel.py's.
+BLOCKS = [
+    block
+    for title, text in readme_sections().items()
+    if title != OWN_PROJECT
+    for block in code_blocks(text, "python")
+]
+SCRIPTS = [block for block in BLOCKS if not block.startswith(SHELL_MARK)]
+SHELL_SNIPPETS = [block for block in BLOCKS if block.startswith(SHELL_MARK)]
 
 
 @pytest.fixture(scope="module")

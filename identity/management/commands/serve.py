@@ -12,11 +12,13 @@ import shutil
 import sys
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from identity import conf
+from identity.layers import in_process
 
 
 class Command(BaseCommand):
@@ -37,18 +39,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.DEBUG:
             raise CommandError("DJANGO_DEBUG is on: use `make run` for development.")
-        if options["workers"] > 1 and not settings.REDIS_URL:
+        if options["workers"] > 1 and in_process(get_channel_layer()):
             raise CommandError(
                 f"{options['workers']} workers need a shared channel layer: set REDIS_URL "
                 "(or --workers 1)."
             )
         # Over plain http (DJANGO_HTTPS=0, a local trial) the https warnings are
         # expected: shown, not fatal. Otherwise the deploy check must be clean.
-        call_command("check", deploy=True, fail_level="WARNING" if settings.HTTPS else "ERROR")
+        https = getattr(settings, "HTTPS", True)  # config/settings.py's; other projects: on
+        call_command("check", deploy=True, fail_level="WARNING" if https else "ERROR")
         uvicorn = shutil.which("uvicorn", path=os.path.dirname(sys.executable)) or "uvicorn"
         argv = [
             uvicorn,
-            "config.asgi:application",
+            asgi_target(settings.ASGI_APPLICATION),
             "--host", options["host"],
             "--port", str(options["port"]),
             "--workers", str(options["workers"]),
@@ -71,3 +74,9 @@ class Command(BaseCommand):
         )
         sys.stdout.flush()
         os.execv(uvicorn, argv)
+
+
+def asgi_target(dotted: str) -> str:
+    """uvicorn's `module:attribute` for Django's ASGI_APPLICATION `module.attribute`."""
+    module, _, attribute = dotted.rpartition(".")
+    return f"{module}:{attribute}"
