@@ -535,7 +535,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             spec = await self.authorize(name)
         if not spec.client_publish:
             raise EnvelopeError(ErrorCode.FORBIDDEN, "Clients may not publish to this topic.")
-        await push.publish(name, event, data, self.user_wire())
+        try:
+            await push.publish(name, event, data, self.user_wire())
+        except push.EventTooLarge as exc:
+            raise EnvelopeError(ErrorCode.INVALID_PAYLOAD, str(exc)) from exc
         await self.reply(envelope, {"topic": name})
 
     async def authorize(self, name: str) -> realtime.Topic:

@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import registry, relay
+from identity import conf, registry, relay
 from identity.layers import LayerUnavailable, in_process, release
 from identity.protocol import (
     Action,
@@ -46,6 +46,7 @@ __all__ = [
     "PUSH_EVENT",
     "RECHECK_EVENT",
     "TOPIC_EVENT",
+    "EventTooLarge",
     "LayerUnreachable",
     "Reason",
     "disconnect_connection",
@@ -92,6 +93,14 @@ def topic_group(topic: str) -> str:
     A digest: group names allow neither `:` nor 100 characters, topic names do.
     """
     return "identity.topic." + hashlib.blake2b(topic.encode(), digest_size=16).hexdigest()
+
+
+class EventTooLarge(ValueError):
+    """An `event` push would be a frame over IDENTITY_MAX_FRAME_BYTES: refused, not sent.
+
+    A socket never gets a frame larger than it may send, and daphne will not
+    write one: it fails the send, and the socket stops hearing anything.
+    """
 
 
 class LayerUnreachable(LayerUnavailable):
@@ -285,21 +294,18 @@ async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | No
     """Push `event` EVENT with DATA to every socket subscribed to TOPIC, on every process.
 
     SENDER is the `from` of the push (a USER dict; None when the server
-    publishes). DATA must be JSON. Events published from one process arrive
-    in the order they were published.
+    publishes). DATA must be JSON, and the push at most IDENTITY_MAX_FRAME_BYTES
+    (else EventTooLarge). Events published from one process arrive in the
+    order they were published.
     """
     if not name_ok(topic, 100) or not name_ok(event, 100):
         raise ValueError(f"{topic!r} / {event!r}: names are 1-100 characters of A-Z a-z 0-9 _.:-")
-    await _group_send(
-        topic_group(topic),
-        # Encoded once here, not once per subscriber; DATA that is not JSON
-        # raises TypeError in the caller instead of being dropped at each socket.
-        {
-            "type": TOPIC_EVENT,
-            "topic": topic,
-            "text": encode(event_push(topic, event, data, sender)),
-        },
-    )
+    # Encoded once here, not once per subscriber; DATA that is not JSON
+    # raises TypeError in the caller instead of being dropped at each socket.
+    text, limit = encode(event_push(topic, event, data, sender)), conf.max_frame_bytes()
+    if len(text) > limit // 4 and (size := len(text.encode())) > limit:
+        raise EventTooLarge(f"The event would be a {size}-byte frame, over the {limit}-byte limit.")
+    await _group_send(topic_group(topic), {"type": TOPIC_EVENT, "topic": topic, "text": text})
 
 
 async def push_members(topic: str, event: str, user_id: int, username: str) -> None:

@@ -375,3 +375,15 @@ async def test_a_topic_limit_of_0_is_no_limit(alice, connect):
     client = await connect(access_for(alice))
     for name in ["news", "room.lobby", "notes.alice", "chat.a", "chat.b"]:
         assert (await subscribe(client, name))["payload"]["subscribed"] is True
+
+
+@override_settings(IDENTITY_MAX_FRAME_BYTES=1000)
+async def test_an_event_over_the_frame_limit_is_refused_and_reaches_nobody(alice, connect):
+    client = await connect(access_for(alice))
+    await subscribe(client, "room.lobby")
+    with pytest.raises(push.EventTooLarge):
+        await push.publish("room.lobby", "big", "x" * 1000)
+    # A frame within the limit whose event push (with `from` and `event`) would not be.
+    reply = await client.request("publish", {"topic": "room.lobby", "data": "x" * 905}, ref="b")
+    assert reply["payload"]["code"] == "invalid_payload" and reply["ref"] == "b"
+    await client.assert_silent()
