@@ -21,6 +21,7 @@ import http.client
 import itertools
 import json
 import random
+import re
 import secrets
 import shutil
 import sys
@@ -51,7 +52,7 @@ REPLY_TIMEOUT = 10.0  # seconds a reply may take on 2 busy cores before it count
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson decodes as an integer (larger: a float)
 SERVER_LOG_ERRORS = ("Traceback", "Exception in ASGI application")
 CLOSE_CODES = {4401, 4403, 4429, 1009}
-PUSHES = {"direct", "presence", "session", "disconnect"}
+PUSHES = {"direct", "presence", "session", "disconnect", "event", "members", "unsubscribed"}
 ERROR_CODES = {
     "invalid_json",
     "invalid_message",
@@ -62,8 +63,16 @@ ERROR_CODES = {
     "rate_limited",
     "user_not_found",
     "service_unavailable",
+    "unknown_topic",
+    "forbidden",
+    "topic_limit",
 }
 HONEST = ("alice", "bob", "bob")  # bob twice: a direct reaches every socket of its user
+# The project's rooms (config/realtime.py): both keep presence and take client
+# publishes; the lobby is open, the staff room is for staff (the hostile
+# operator is). The honest sockets chat in the lobby.
+ROOMS = {"room.lobby", "room.staff"}
+LOBBY = "room.lobby"
 DEMO_USERS = {"alice", "bob", "operator"}
 
 
@@ -105,7 +114,9 @@ ACTIONS = [
     "disconnect",
     "session",
     "subscribe",
+    "unsubscribe",
     "publish",
+    "event",
     "notes.add",
     "a.b.c",
     ".",
@@ -155,13 +166,31 @@ def auth_payloads(tokens: Tokens) -> st.SearchStrategy[Any]:
     return st.sampled_from([tokens.access, tokens.refresh, *tokens.forged]) | json_values
 
 
+# Topic names: the rooms, names no pattern matches, and names out of the alphabet.
+TOPIC_NAMES = [*sorted(ROOMS), "room.lobby.x", "room", "news", "a" * 100, "a" * 101, "room lobby"]
+EVENT_NAMES = ["message", "note", "a.b:c-d_e", "", "no spaces", "x" * 101]
+
+
+def topic_payloads() -> st.SearchStrategy[dict[str, Any]]:
+    """`subscribe`, `unsubscribe` and `publish` payloads, right (half of them) and wrong."""
+    right = st.fixed_dictionaries(
+        {"topic": st.sampled_from(sorted(ROOMS)), "data": json_values},
+        optional={"event": st.sampled_from(EVENT_NAMES[:3])},
+    )
+    wrong = st.fixed_dictionaries(
+        {"topic": st.sampled_from(TOPIC_NAMES) | texts | json_values},
+        optional={"data": json_values, "event": st.sampled_from(EVENT_NAMES) | json_values},
+    )
+    return right | wrong
+
+
 def payloads_for(tokens: Tokens) -> st.SearchStrategy[Any]:
     sends = st.fixed_dictionaries(
         {"to": st.sampled_from(["alice", "bob", "operator", "nobody", ""]) | texts},
         optional={"text": texts | json_values},
     )
     long_text = st.integers(4090, 4100).map(lambda n: "é" * n)
-    return json_values | sends | long_text | auth_payloads(tokens)
+    return json_values | sends | long_text | topic_payloads() | auth_payloads(tokens)
 
 
 @dataclass(frozen=True)
@@ -233,6 +262,13 @@ def _huge_int_payload(pair: tuple[int, str]) -> Frame:
 def frames(tokens: Tokens, exclude: frozenset[str] = frozenset()) -> st.SearchStrategy[Frame]:
     """Every kind of hostile frame, each tagged with its category (but the excluded ones)."""
     envelopes = _envelopes(tokens).map(lambda v: _json_frame("envelope", v))
+    topic_frames = st.fixed_dictionaries(
+        {
+            "action": st.sampled_from(["subscribe", "unsubscribe", "publish"]),
+            "payload": topic_payloads() | json_values,
+        },
+        optional={"ref": valid_refs},
+    ).map(lambda v: _json_frame("topic", v))
     non_objects = json_values.map(lambda v: _json_frame("json_non_object", v))
     arbitrary = texts.map(lambda t: Frame("text", text=t))
     almost = st.tuples(
@@ -265,6 +301,7 @@ def frames(tokens: Tokens, exclude: frozenset[str] = frozenset()) -> st.SearchSt
     )
     kinds = {
         "envelope": envelopes,
+        "topic": topic_frames,
         "json_non_object": non_objects,
         "text": arbitrary,
         "almost_json": almost,
@@ -284,6 +321,7 @@ def frames(tokens: Tokens, exclude: frozenset[str] = frozenset()) -> st.SearchSt
 CATEGORIES = frozenset(
     {
         "envelope",
+        "topic",
         "json_non_object",
         "text",
         "almost_json",
@@ -409,6 +447,18 @@ class Violation(AssertionError):
     """A property of PROTOCOL.md that a reply broke."""
 
 
+def is_push(reply: dict[str, Any]) -> bool:
+    """Sent unasked, not in answer to a frame.
+
+    A `presence` answer to a frame without a ref has no ref either: it lists
+    `users`, where the push names one `user`.
+    """
+    if "ref" in reply or reply["action"] not in PUSHES:
+        return False
+    payload = reply.get("payload")
+    return not (reply["action"] == "presence" and isinstance(payload, dict) and "users" in payload)
+
+
 def check(condition: bool, message: str, frame: Frame, replies: list[Any]) -> None:
     if not condition:
         shown = (frame.text or repr(frame.raw) or "")[:300]
@@ -472,17 +522,25 @@ class Honest:
     reader: Reader
     pending: dict[str, tuple[str, Any, float]] = field(default_factory=dict)
     directs: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    last_event: dict[str, int] = field(default_factory=dict)  # publisher -> last n seen
     sent: int = 0
     checked: int = 0
 
 
 class HonestChat:
-    """Three sockets sending ping, message, whoami and send (directs) with refs, forever."""
+    """Three sockets in the lobby sending ping, message, whoami, send and publish, forever.
+
+    Each checks every frame it gets; at the end every direct and every lobby
+    event must have arrived once at each socket it was for, events in the
+    order each socket published them.
+    """
 
     def __init__(self, failures: list[str]) -> None:
         self.failures = failures
         self.sockets: list[Honest] = []
         self.expected: Counter[tuple[int, str]] = Counter()  # (socket index, text) -> count
+        self.expected_events: Counter[tuple[int, str]] = Counter()
         self.tasks: list[asyncio.Future[None]] = []
         self.running = True
         self.counter = itertools.count()
@@ -498,6 +556,13 @@ class HonestChat:
             assert reply["payload"]["registered"] is True, reply
             self.sockets.append(Honest(name, index, reader))
         for sock in self.sockets:
+            # In the lobby before anyone chats: a member's join may come first.
+            await sock.reader.send({"action": "subscribe", "payload": {"topic": LOBBY}, "ref": "s"})
+            reply = await sock.reader.next()
+            while reply.get("action") == "members":
+                reply = await sock.reader.next()
+            assert reply["payload"]["subscribed"] is True, reply
+        for sock in self.sockets:
             self.tasks.append(asyncio.ensure_future(self._read(sock)))
             self.tasks.append(asyncio.ensure_future(self._chat(sock)))
 
@@ -506,8 +571,14 @@ class HonestChat:
         while self.running:
             n = next(self.counter)
             ref: str | int = n if n % 2 else f"h{n}"
-            kind = rng.choice(["ping", "message", "whoami", "send", "send"])
-            if kind == "send":
+            kind = rng.choice(["ping", "message", "whoami", "send", "send", "publish"])
+            if kind == "publish":
+                text = f"event {n} from {sock.index}"
+                for other in self.sockets:
+                    self.expected_events[(other.index, text)] += 1
+                payload = {"topic": LOBBY, "event": "chat", "data": text}
+                expect = ("publish", {"topic": LOBBY})
+            elif kind == "send":
                 to = rng.choice(["alice", "bob"])
                 text = f"direct {n} from {sock.name}#{sock.index} to {to}"
                 for other in self.sockets:
@@ -561,6 +632,8 @@ class HonestChat:
                 return None
             sock.directs[payload.get("text")] += 1
             return None
+        if action in {"event", "members"}:
+            return self._judge_topic(sock, message)
         if action == "error":
             return "an error"
         if "ref" not in message:
@@ -578,9 +651,30 @@ class HonestChat:
                 and payload["user"]["username"] == sock.name
             ),
             "send": lambda: payload == want,
+            "publish": lambda: payload == want,
             "whoami": lambda: (payload.get("user") or {}).get("username") == want,
         }[action]()
         return None if ok else f"a wrong payload (wanted {want!r})"
+
+    def _judge_topic(self, sock: Honest, message: Any) -> str | None:
+        """An `event` or `members` push in the lobby: counted, and in publish order."""
+        payload = message.get("payload")
+        if "ref" in message or not isinstance(payload, dict) or payload.get("topic") != LOBBY:
+            return "a topic push that is not the lobby's"
+        if message["action"] == "members":
+            return None if payload.get("event") in {"join", "leave"} else "a strange members push"
+        sender = (payload.get("from") or {}).get("username")
+        if sender == "operator":  # the hostile socket may publish to the lobby too
+            return None
+        text = payload.get("data")
+        if payload.get("event") != "chat" or not isinstance(text, str):
+            return "an event no honest socket published"
+        _, n, _, publisher = text.split()
+        if int(n) <= sock.last_event.get(publisher, -1):
+            return "an event out of its publisher's order"
+        sock.last_event[publisher] = int(n)
+        sock.events[text] += 1
+        return None
 
     def stalled(self, now: float) -> list[str]:
         """Requests unanswered for longer than REPLY_TIMEOUT."""
@@ -601,14 +695,18 @@ class HonestChat:
         for problem in self.stalled(time.monotonic() + REPLY_TIMEOUT):
             self.fail(problem)
         for sock in self.sockets:
-            got = Counter({(sock.index, t): c for t, c in sock.directs.items()})
-            want = Counter({k: c for k, c in self.expected.items() if k[0] == sock.index})
-            for key in got.keys() | want.keys():
-                if got[key] != want[key]:
-                    self.fail(
-                        f"honest {sock.name}#{sock.index}: direct {key[1]!r} "
-                        f"arrived {got[key]} times, sent {want[key]}"
-                    )
+            for what, received, expected in (
+                ("direct", sock.directs, self.expected),
+                ("event", sock.events, self.expected_events),
+            ):
+                got = Counter({(sock.index, t): c for t, c in received.items()})
+                want = Counter({k: c for k, c in expected.items() if k[0] == sock.index})
+                for key in got.keys() | want.keys():
+                    if got[key] != want[key]:
+                        self.fail(
+                            f"honest {sock.name}#{sock.index}: {what} {key[1]!r} "
+                            f"arrived {got[key]} times, sent {want[key]}"
+                        )
         for task in self.tasks:
             task.cancel()
         for sock in self.sockets:
@@ -626,6 +724,10 @@ class HonestChat:
     def directs_delivered(self) -> int:
         return sum(sum(s.directs.values()) for s in self.sockets)
 
+    @property
+    def events_delivered(self) -> int:
+        return sum(sum(s.events.values()) for s in self.sockets)
+
 
 # --- the hostile socket -----------------------------------------------------
 
@@ -637,8 +739,30 @@ ANSWER_ACTIONS = {
     "message": "message",
     "send": "send",
     "presence": "presence",
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+    "publish": "publish",
 }
-NEEDS_IDENTITY = {"message", "send", "presence"}
+TOPIC_ACTIONS = {"subscribe", "unsubscribe", "publish"}
+NEEDS_IDENTITY = {"message", "send", "presence", *TOPIC_ACTIONS}
+NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # topic and event names (PROTOCOL.md v2)
+
+
+def topic_outcome(action: str, payload: Any) -> str | None:
+    """The error code ACTION with PAYLOAD earns the (staff) operator; None: it succeeds."""
+
+    def named(name: Any) -> bool:
+        return isinstance(name, str) and NAME.fullmatch(name) is not None
+
+    if not isinstance(payload, dict):
+        return "invalid_payload"
+    if action == "publish" and ("data" not in payload or not named(payload.get("event", "x"))):
+        return "invalid_payload"
+    if not named(payload.get("topic")):
+        return "invalid_payload"
+    if action == "unsubscribe" or payload["topic"] in ROOMS:
+        return None  # no data here comes near the frame limit: no event is too large
+    return "unknown_topic"
 
 
 class Hostile:
@@ -655,6 +779,8 @@ class Hostile:
             await self.reader.close()
         self.reader = await Reader.open(self.url)
         self.authenticated = self.subscribed = False
+        self.topics: set[str] = set()
+        self.topics_before: frozenset[str] = frozenset()  # before the frame in hand
         self.failed_auths = 0
         self.anonymous_since = time.monotonic()
 
@@ -678,6 +804,7 @@ class Hostile:
         assert self.reader is not None
         ws, mark = self.reader.ws, f"sync-{next(self.sync)}"
         was_authenticated, was_anonymous_for = self.authenticated, self.anonymous_for()
+        self.topics_before = frozenset(self.topics)
         try:
             if frame.binary:
                 await ws.send(frame.raw)
@@ -708,7 +835,7 @@ class Hostile:
             check(isinstance(reply, dict), "a frame that is not an object", frame, replies)
             check(isinstance(reply.get("action"), str), "a frame without an action", frame, replies)
         frames = [r for r in replies if isinstance(r, dict)]
-        answers = [r for r in frames if r["action"] not in PUSHES or "ref" in r]
+        answers = [r for r in frames if not is_push(r)]
         pushes = [r for r in frames if r not in answers]
         timed_out = close == 4401 and anon_for >= AUTH_TIMEOUT - 1.0
         if frame.size > MAX_FRAME_BYTES:
@@ -754,6 +881,21 @@ class Hostile:
         elif action == "direct":
             sender = (payload.get("from") or {}).get("username")
             check(sender == "operator", "a direct meant for someone else", frame, replies)
+        elif action in {"event", "members"}:
+            # Published or joined while subscribed, before or after this frame.
+            topic = payload.get("topic")
+            mine = topic in self.topics_before | self.topics
+            check(mine, f"an {action} push of a topic not subscribed to", frame, replies)
+        elif action == "unsubscribed":
+            logout = decoded(frame) is not MISSING and decoded(frame).get("action") == "logout"
+            check(
+                logout
+                and payload.get("topic") in self.topics_before
+                and payload.get("reason") == "identity",
+                "an unsubscribed push but by a logout",
+                frame,
+                replies,
+            )
         else:
             check(False, f"an unexpected {action} push", frame, replies)
 
@@ -811,6 +953,9 @@ class Hostile:
         if name in NEEDS_IDENTITY and not authed:
             check(code == "not_authenticated", "an anonymous socket served", frame, replies)
             return
+        if name in TOPIC_ACTIONS:
+            self.judge_topic(name, value.get("payload"), answer, frame, replies)
+            return
         if action == "error":
             check(
                 name not in {"whoami", "logout", "auth"},
@@ -822,6 +967,33 @@ class Hostile:
             return
         check(action == ANSWER_ACTIONS[name], f"{name} answered by {action}", frame, replies)
         self.judge_success(name, value, payload, frame, replies)
+
+    def judge_topic(
+        self, name: str, sent: Any, answer: dict[str, Any], frame: Frame, replies: list[Any]
+    ) -> None:
+        """subscribe, unsubscribe, publish: the error the payload earns, or the success."""
+        action, payload = answer["action"], answer.get("payload")
+        want = topic_outcome(name, sent)
+        if want is not None:
+            check(
+                action == "error" and payload.get("code") == want and payload["action"] == name,
+                f"{name} not refused with {want}",
+                frame,
+                replies,
+            )
+            return
+        check(action == name, f"{name} answered by {action}", frame, replies)
+        topic = sent["topic"]
+        if name == "subscribe":
+            members = [m.get("username") for m in payload.pop("members", [])]
+            check(payload == {"topic": topic, "subscribed": True}, "subscribe", frame, replies)
+            check("operator" in members, "members without the subscriber", frame, replies)
+            self.topics.add(topic)
+        elif name == "unsubscribe":
+            check(payload == {"topic": topic, "subscribed": False}, "unsubscribe", frame, replies)
+            self.topics.discard(topic)
+        else:
+            check(payload == {"topic": topic}, "publish answered wrongly", frame, replies)
 
     def may_be_undecodable(self, frame: Frame) -> bool:
         """Not JSON, or JSON past the server's decoder (deep nesting, lone surrogate escapes)."""
@@ -850,6 +1022,7 @@ class Hostile:
             if self.authenticated:
                 self.anonymous_since = time.monotonic()
             self.authenticated = self.subscribed = False
+            self.topics.clear()
         elif name == "whoami":
             user = (payload.get("user") or {}).get("username")
             want = "operator" if self.authenticated else None
@@ -1259,6 +1432,7 @@ class Fuzz:
             ("honest frames sent", self.chat.frames_sent),
             ("honest frames checked", self.chat.frames_checked),
             ("honest directs delivered", self.chat.directs_delivered),
+            ("honest events delivered", self.chat.events_delivered),
         ]
         rows += [(k, v) for k, v in sorted(self.stats.items()) if k.startswith("reopened")]
         rows.append(("failures", len(self.failures)))
