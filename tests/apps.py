@@ -6,7 +6,7 @@ from django.apps import AppConfig
 
 
 class RealtimeExampleConfig(AppConfig):
-    """Declares tests/realtime_example.py's topics in a server process (tests/live_settings.py)."""
+    """Declares tests/realtime_example.py's topics where tests/settings_with_test_topics.py runs."""
 
     name = "tests"
     label = "realtime_example"

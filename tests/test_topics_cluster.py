@@ -2,7 +2,7 @@
 
 Events, presence per topic, a process killed with SIGKILL, and live
 re-authorization, through real servers and real sockets. The servers serve
-the test topics beside the project's rooms (tests/live_settings.py).
+the test topics beside the project's rooms (tests/settings_with_test_topics.py).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def cluster():
     redis_url = require_redis()
     with postgres_database() as database_url:
         env = base_env(
-            DJANGO_SETTINGS_MODULE="tests.live_settings",
+            DJANGO_SETTINGS_MODULE="tests.settings_with_test_topics",
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
             IDENTITY_REDIS_PREFIX=f"test{secrets.token_hex(4)}",

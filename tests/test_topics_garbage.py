@@ -94,7 +94,7 @@ def cases(action: str) -> list[tuple[Any, str | None]]:
 @pytest.fixture(scope="module")
 def database():
     database = Database.sqlite(
-        DJANGO_SETTINGS_MODULE="tests.live_settings",
+        DJANGO_SETTINGS_MODULE="tests.settings_with_test_topics",
         DJANGO_DEBUG="0",  # `manage.py serve` refuses debug mode
         REDIS_URL="",
         IDENTITY_RATE_LIMIT="0",  # dozens of bad frames per socket, as fast as they go

@@ -40,7 +40,7 @@ def live():
     # The embedded default on purpose (REDIS_URL empty even when the suite runs
     # on Redis), with the default withdrawal poll.
     database = Database.sqlite(
-        DJANGO_SETTINGS_MODULE="tests.live_settings",
+        DJANGO_SETTINGS_MODULE="tests.settings_with_test_topics",
         REDIS_URL="",
         JWT_ACCESS_TOKEN_LIFETIME="3600",
     )
