@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import secrets
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.core.checks import run_checks
@@ -21,7 +33,8 @@ from identity import metrics, push, tokens
 from identity.layers import LayerUnavailable
 from identity.protocol import Reason
 from tests.conftest import TIMEOUT, Client, access_for, adb, make_user
-from tests.servers import ROOT, base_env
+from tests.servers import ROOT, Database, LiveServer, base_env
+from tests.services import postgres_database, require_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -355,3 +368,164 @@ def test_sign_ins_refused_by_the_throttle_count_as_rate_limited(http, settings):
     assert statuses == [401, 429]
     assert moved(before, after, "identity_rate_limited_total", limit="login_account") == 1
     assert moved(before, after, "identity_rate_limited_total", limit="login_address") == 0
+
+
+# --- `manage.py serve --workers 2` on PostgreSQL and Redis -------------------------
+
+
+@pytest.fixture(scope="module")
+def services_env() -> Iterator[tuple[dict[str, str], str, dict[str, str]]]:
+    """A migrated PostgreSQL database with the demo users, and the env to serve it."""
+    redis_url = require_redis()
+    with postgres_database() as database_url:
+        env = base_env(
+            DJANGO_DEBUG="0",
+            DJANGO_HTTPS="0",
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+            DATABASE_URL=database_url,
+            REDIS_URL=redis_url,
+            IDENTITY_REDIS_PREFIX=f"metrics{secrets.token_hex(4)}",
+            IDENTITY_METRICS_ALLOWED_ADDRESSES="127.0.0.1",
+            # Each worker copies its frame counts into the shared files on its heartbeat.
+            IDENTITY_HEARTBEAT_INTERVAL="1",
+        )
+        yield env, database_url, Database(env).passwords
+
+
+@pytest.fixture
+def two_workers(services_env) -> Iterator[tuple[LiveServer, str, dict[str, str]]]:
+    env, database_url, passwords = services_env
+    server = LiveServer(env, ["manage.py", "serve", "--workers", "2"]).start()
+    try:
+        yield server, database_url, passwords
+    finally:
+        server.stop()
+
+
+def scrape(server: LiveServer) -> Samples:
+    with urllib.request.urlopen(server.http + "/metrics", timeout=5) as response:
+        return parse(response.read().decode())
+
+
+def worker_of(server: LiveServer, pid: int) -> bool:
+    """Whether PID is a uvicorn worker of SERVER (a child of its supervisor)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    assert server.process is not None
+    return f"PPid:\t{server.process.pid}\n" in status
+
+
+def sockets_per_worker(server: LiveServer, database_url: str) -> dict[int, int]:
+    """Authenticated sockets per living worker, from the registry (server ids: host:pid:nonce)."""
+    import psycopg
+
+    with psycopg.connect(database_url) as db:
+        rows = db.execute("SELECT server_id FROM identity_connection").fetchall()
+    pids = Counter(int(server_id.rsplit(":", 2)[1]) for (server_id,) in rows)
+    return {pid: n for pid, n in pids.items() if worker_of(server, pid)}
+
+
+async def sockets_on_both_workers(server: LiveServer, database_url: str, token: str) -> list[Any]:
+    """Authenticated sockets (each sent one ping) until both workers hold some."""
+    sockets: list[Any] = []
+    while len(sockets_per_worker(server, database_url)) < 2:
+        assert len(sockets) < 64, "the kernel gave every socket to one worker"
+        ws = await websockets.connect(server.ws)
+        sockets.append(ws)
+        await ws.send(json.dumps({"action": "auth", "payload": token}))
+        assert json.loads(await ws.recv())["payload"]["registered"] is True
+    for ws in sockets:
+        await ws.send(json.dumps({"action": "ping"}))
+        assert json.loads(await ws.recv())["action"] == "pong"
+    return sockets
+
+
+async def scrapes_until(server: LiveServer, seen: Callable[[Samples], bool]) -> Samples:
+    """Scrape until one satisfies SEEN (a worker's frames arrive with its heartbeat)."""
+    deadline = time.monotonic() + 10
+    while not seen(samples := scrape(server)):
+        assert time.monotonic() < deadline, samples
+        await asyncio.sleep(0.1)
+    return samples
+
+
+async def close_all(sockets: list[Any]) -> None:
+    for ws in sockets:
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+@pytest.mark.server
+@pytest.mark.services
+async def test_every_scrape_counts_the_sockets_and_frames_of_both_workers(two_workers):
+    server, database_url, passwords = two_workers
+    token = server.tokens("alice", passwords["alice"])["access"]
+    sockets = await sockets_on_both_workers(server, database_url, token)
+    n = len(sockets)
+
+    def both_workers(samples: Samples) -> bool:
+        return (
+            value(samples, "identity_sockets_open") == n
+            and value(samples, "identity_sockets_authenticated") == n
+            and value(samples, "identity_users_online") == 1
+            and value(samples, "identity_auth_total", outcome="success") == n
+            and value(samples, "identity_frames_received_total") == 2 * n  # auth, ping
+            and value(samples, "identity_frames_sent_total") == 2 * n
+        )
+
+    try:
+        await scrapes_until(server, both_workers)
+        # A scrape lands on either worker: each must report both.
+        for _ in range(12):
+            assert both_workers(scrape(server))
+    finally:
+        await close_all(sockets)
+
+
+@pytest.mark.server
+@pytest.mark.services
+async def test_a_killed_workers_sockets_leave_the_gauges_and_its_counts_stay(two_workers):
+    server, database_url, passwords = two_workers
+    token = server.tokens("alice", passwords["alice"])["access"]
+    sockets = await sockets_on_both_workers(server, database_url, token)
+    try:
+        counts = sockets_per_worker(server, database_url)
+        victim, survivor = sorted(counts)
+        before = await scrapes_until(
+            server, lambda s: value(s, "identity_frames_received_total") == 2 * len(sockets)
+        )
+        os.kill(victim, signal.SIGKILL)
+
+        def survivor_only(samples: Samples) -> bool:
+            return (
+                value(samples, "identity_sockets_open") == counts[survivor]
+                and value(samples, "identity_sockets_authenticated") == counts[survivor]
+            )
+
+        await scrapes_until(server, survivor_only)
+        for _ in range(6):
+            samples = scrape(server)
+            assert survivor_only(samples)
+            # Counters of the dead worker stay in the totals: they never go down.
+            for name in ("identity_frames_received_total", "identity_auth_total"):
+                labels = {"outcome": "success"} if name == "identity_auth_total" else {}
+                assert value(samples, name, **labels) >= value(before, name, **labels)
+    finally:
+        await close_all(sockets)
+
+
+def test_each_serve_start_gets_a_fresh_directory_and_stopped_servers_ones_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first, second = metrics.fresh_multiprocess_dir(), metrics.fresh_multiprocess_dir()
+    assert first != second
+    assert os.listdir(first) == os.listdir(second) == []
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = Path(first).parent / f"{gone.pid}-left"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"")
+    metrics.fresh_multiprocess_dir()
+    assert not stale.exists()
+    assert Path(first).is_dir()  # this process is alive: its directories stay
