@@ -295,7 +295,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             text = orjson.dumps(content).decode()
         except orjson.JSONEncodeError:
             text = encode(content)  # an integer ref past 64 bits (or it raises again)
-        metrics.FRAMES.sent += 1
         await self.transmit({"type": "websocket.send", "text": text})
         if close:
             await self.transmit({"type": "websocket.close"})
@@ -311,6 +310,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.sending += 1
         try:
             await self.base_send(message)
+            if message["type"] == "websocket.send":
+                metrics.FRAMES.sent += 1
         except Exception as exc:
             # Reset by the client, failed by the server's keepalive, or closed
             # already: the server delivers `websocket.disconnect` next.

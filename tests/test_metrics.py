@@ -28,6 +28,7 @@ from django.db import OperationalError
 from django.test import Client as HttpClient
 from prometheus_client.parser import text_string_to_metric_families
 
+import tests.realtime_example  # noqa: F401  (an application action: test.echo)
 from config.asgi import application
 from identity import metrics, push, tokens
 from identity.layers import LayerUnavailable
@@ -242,16 +243,18 @@ async def test_a_refused_auth_counts_under_its_error_code(alice, connect):
     assert moved(before, after, "identity_sockets_authenticated") == 0
 
 
-async def test_frames_in_and_out_are_counted(connect):
-    client = await connect()
+async def test_frames_in_and_out_are_counted(alice, connect):
+    client = await connect(access_for(alice))
     before = await read()
     for n in range(3):
         assert (await client.request("ping", n))["action"] == "pong"
     await client.send_text("not json")
     assert (await client.receive())["payload"]["code"] == "invalid_json"
+    # An application action's reply is written its own way (identity.realtime).
+    assert (await client.request("test.echo", 1))["action"] == "test.echo"
     after = await read()
-    assert moved(before, after, "identity_frames_received_total") == 4
-    assert moved(before, after, "identity_frames_sent_total") == 4
+    assert moved(before, after, "identity_frames_received_total") == 5
+    assert moved(before, after, "identity_frames_sent_total") == 5
 
 
 async def test_a_frame_over_the_sockets_allowance_counts_as_rate_limited(connect, settings):
