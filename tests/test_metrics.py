@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -324,36 +324,40 @@ async def test_server_closes_count_by_reason(alice, connect, settings):
     assert moved(before, after, "identity_disconnects_total", reason="auth_timeout") == 0
 
 
-async def test_a_database_error_on_a_socket_is_counted(alice, connect, monkeypatch):
-    client = await connect()
-
+def database_down(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(*args: Any) -> Any:
         raise OperationalError("database is down")
 
-    before = await read()
     monkeypatch.setattr(tokens, "load_user", failing)
-    assert (await client.auth(access_for(alice)))["error"]["code"] == "service_unavailable"
-    monkeypatch.undo()
-    after = await read()
-    assert moved(before, after, "identity_service_errors_total", service="database") == 1
-    assert moved(before, after, "identity_service_errors_total", service="channel_layer") == 0
-    assert moved(before, after, "identity_auth_total", outcome="service_unavailable") == 1
 
 
-async def test_a_channel_layer_error_on_a_socket_is_counted(alice, connect, monkeypatch):
-    client = await connect()
-    layer = get_channel_layer()
-
+def channel_layer_down(monkeypatch: pytest.MonkeyPatch) -> None:
     async def unavailable(*args: Any) -> None:
         raise LayerUnavailable("channel layer unavailable during group_add")
 
+    monkeypatch.setattr(get_channel_layer(), "group_add", unavailable)
+
+
+@pytest.mark.parametrize(
+    ("break_service", "service", "other"),
+    [
+        (database_down, "database", "channel_layer"),
+        (channel_layer_down, "channel_layer", "database"),
+    ],
+    ids=["database", "channel_layer"],
+)
+async def test_a_service_error_on_a_socket_is_counted_under_its_service(
+    alice, connect, monkeypatch, break_service, service, other
+):
+    client = await connect()
     before = await read()
-    monkeypatch.setattr(layer, "group_add", unavailable)
+    break_service(monkeypatch)
     assert (await client.auth(access_for(alice)))["error"]["code"] == "service_unavailable"
     monkeypatch.undo()
     after = await read()
-    assert moved(before, after, "identity_service_errors_total", service="channel_layer") == 1
-    assert moved(before, after, "identity_service_errors_total", service="database") == 0
+    assert moved(before, after, "identity_service_errors_total", service=service) == 1
+    assert moved(before, after, "identity_service_errors_total", service=other) == 0
+    assert moved(before, after, "identity_auth_total", outcome="service_unavailable") == 1
 
 
 def test_sign_ins_refused_by_the_throttle_count_as_rate_limited(http, settings):
@@ -430,19 +434,27 @@ def sockets_per_worker(server: LiveServer, database_url: str) -> dict[int, int]:
     return {pid: n for pid, n in pids.items() if worker_of(server, pid)}
 
 
-async def sockets_on_both_workers(server: LiveServer, database_url: str, token: str) -> list[Any]:
-    """Authenticated sockets (each sent one ping) until both workers hold some."""
+@pytest.fixture
+async def sockets_on_both_workers(two_workers) -> AsyncIterator[tuple[LiveServer, str, list[Any]]]:
+    """Alice's authenticated sockets (each sent one ping) until both workers hold some."""
+    server, database_url, passwords = two_workers
+    token = server.tokens("alice", passwords["alice"])["access"]
     sockets: list[Any] = []
-    while len(sockets_per_worker(server, database_url)) < 2:
-        assert len(sockets) < 64, "the kernel gave every socket to one worker"
-        ws = await websockets.connect(server.ws)
-        sockets.append(ws)
-        await ws.send(json.dumps({"action": "auth", "payload": token}))
-        assert json.loads(await ws.recv())["payload"]["registered"] is True
-    for ws in sockets:
-        await ws.send(json.dumps({"action": "ping"}))
-        assert json.loads(await ws.recv())["action"] == "pong"
-    return sockets
+    try:
+        while len(sockets_per_worker(server, database_url)) < 2:
+            assert len(sockets) < 64, "the kernel gave every socket to one worker"
+            ws = await websockets.connect(server.ws)
+            sockets.append(ws)
+            await ws.send(json.dumps({"action": "auth", "payload": token}))
+            assert json.loads(await ws.recv())["payload"]["registered"] is True
+        for ws in sockets:
+            await ws.send(json.dumps({"action": "ping"}))
+            assert json.loads(await ws.recv())["action"] == "pong"
+        yield server, database_url, sockets
+    finally:
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
 
 
 async def scrapes_until(server: LiveServer, seen: Callable[[Samples], bool]) -> Samples:
@@ -454,18 +466,12 @@ async def scrapes_until(server: LiveServer, seen: Callable[[Samples], bool]) -> 
     return samples
 
 
-async def close_all(sockets: list[Any]) -> None:
-    for ws in sockets:
-        with contextlib.suppress(Exception):
-            await ws.close()
-
-
 @pytest.mark.server
 @pytest.mark.services
-async def test_every_scrape_counts_the_sockets_and_frames_of_both_workers(two_workers):
-    server, database_url, passwords = two_workers
-    token = server.tokens("alice", passwords["alice"])["access"]
-    sockets = await sockets_on_both_workers(server, database_url, token)
+async def test_every_scrape_counts_the_sockets_and_frames_of_both_workers(
+    sockets_on_both_workers,
+):
+    server, _, sockets = sockets_on_both_workers
     n = len(sockets)
 
     def both_workers(samples: Samples) -> bool:
@@ -478,45 +484,41 @@ async def test_every_scrape_counts_the_sockets_and_frames_of_both_workers(two_wo
             and value(samples, "identity_frames_sent_total") == 2 * n
         )
 
-    try:
-        await scrapes_until(server, both_workers)
-        # A scrape lands on either worker: each must report both.
-        for _ in range(12):
-            assert both_workers(scrape(server))
-    finally:
-        await close_all(sockets)
+    await scrapes_until(server, both_workers)
+    # A scrape lands on either worker: each must report both.
+    for _ in range(12):
+        assert both_workers(scrape(server))
 
 
 @pytest.mark.server
 @pytest.mark.services
-async def test_a_killed_workers_sockets_leave_the_gauges_and_its_counts_stay(two_workers):
-    server, database_url, passwords = two_workers
-    token = server.tokens("alice", passwords["alice"])["access"]
-    sockets = await sockets_on_both_workers(server, database_url, token)
-    try:
-        counts = sockets_per_worker(server, database_url)
-        victim, survivor = sorted(counts)
-        before = await scrapes_until(
-            server, lambda s: value(s, "identity_frames_received_total") == 2 * len(sockets)
+async def test_a_killed_workers_sockets_leave_the_gauges_and_its_counts_stay(
+    sockets_on_both_workers,
+):
+    server, database_url, sockets = sockets_on_both_workers
+    counts = sockets_per_worker(server, database_url)
+    victim, survivor = sorted(counts)
+    before = await scrapes_until(
+        server, lambda s: value(s, "identity_frames_received_total") == 2 * len(sockets)
+    )
+    os.kill(victim, signal.SIGKILL)
+
+    def survivor_only(samples: Samples) -> bool:
+        return (
+            value(samples, "identity_sockets_open") == counts[survivor]
+            and value(samples, "identity_sockets_authenticated") == counts[survivor]
         )
-        os.kill(victim, signal.SIGKILL)
 
-        def survivor_only(samples: Samples) -> bool:
-            return (
-                value(samples, "identity_sockets_open") == counts[survivor]
-                and value(samples, "identity_sockets_authenticated") == counts[survivor]
-            )
-
-        await scrapes_until(server, survivor_only)
-        for _ in range(6):
-            samples = scrape(server)
-            assert survivor_only(samples)
-            # Counters of the dead worker stay in the totals: they never go down.
-            for name in ("identity_frames_received_total", "identity_auth_total"):
-                labels = {"outcome": "success"} if name == "identity_auth_total" else {}
-                assert value(samples, name, **labels) >= value(before, name, **labels)
-    finally:
-        await close_all(sockets)
+    await scrapes_until(server, survivor_only)
+    for _ in range(6):
+        samples = scrape(server)
+        assert survivor_only(samples)
+        # Counters of the dead worker stay in the totals: they never go down.
+        for name, labels in [
+            ("identity_frames_received_total", {}),
+            ("identity_auth_total", {"outcome": "success"}),
+        ]:
+            assert value(samples, name, **labels) >= value(before, name, **labels)
 
 
 def test_each_serve_start_gets_a_fresh_directory_and_stopped_servers_ones_go(tmp_path, monkeypatch):
