@@ -6,8 +6,7 @@ them, so it puts prometheus_client in multiprocess mode before the workers
 start (`fresh_multiprocess_dir`): each worker writes its values to files in
 PROMETHEUS_MULTIPROC_DIR and the worker that answers a scrape reads every
 worker's files. Gauges of open sockets add up the living workers only: a
-worker that exits gives its files back, and a scrape gives back those of a
-worker that was killed.
+scrape gives back the gauge files of workers that are gone.
 
 What it costs the socket path (measured with timeit, docs/deploy.md): a
 prometheus_client inc() is about a microsecond, more in multiprocess mode
@@ -19,7 +18,6 @@ heartbeat and before a scrape.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import os
@@ -274,8 +272,9 @@ _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 def forget_dead_workers(path: str) -> list[int]:
     """Give back the live-gauge files of workers that are gone; their pids.
 
-    A worker that exits does so itself (atexit); one killed (SIGKILL, OOM)
-    cannot, and uvicorn offers no hook when it replaces one.
+    uvicorn offers no hook when a worker exits or is replaced, and a worker
+    cannot do it itself: uvicorn re-raises SIGTERM after its graceful shutdown,
+    so atexit never runs, and nothing runs after a SIGKILL.
     """
     pids = {int(m.group(1)) for name in os.listdir(path) if (m := _LIVE_GAUGE_FILE.fullmatch(name))}
     dead = sorted(pid for pid in pids if not _alive(pid))
@@ -292,10 +291,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process holds that pid now
     return True
-
-
-if MULTIPROCESS:
-    atexit.register(multiprocess.mark_process_dead, os.getpid())
 
 
 def fresh_multiprocess_dir() -> str:
