@@ -17,6 +17,7 @@ from dotenv import load_dotenv
 
 from config.development import development_secret_key
 from identity.conf import DEFAULTS as IDENTITY_DEFAULTS
+from identity.conf import LIST_DEFAULTS as IDENTITY_LIST_DEFAULTS
 from identity.conf import RATE_DEFAULTS as IDENTITY_RATE_DEFAULTS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -250,6 +251,8 @@ for _name, _default in IDENTITY_DEFAULTS.items():
     globals()[_name] = env_number(_name, _default)
 for _rate_name, _rate in IDENTITY_RATE_DEFAULTS.items():
     globals()[_rate_name] = env_rate(_rate_name, _rate)
+for _list_name, _list in IDENTITY_LIST_DEFAULTS.items():
+    globals()[_list_name] = env_list(_list_name, _list)
 
 # Daphne (runserver) enforces the frame limit itself and closes with 1009:
 # an ASGI app cannot send 1009 through daphne.
@@ -265,6 +268,7 @@ if HTTPS:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain http
+    SECURE_REDIRECT_EXEMPT += [r"^metrics$"]  # Prometheus scrapes each machine (docs/deploy.md)
     SECURE_HSTS_SECONDS = int(env_number("DJANGO_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)

@@ -13,7 +13,8 @@ class IdentityConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from identity import checks, realtime, signals  # noqa: F401  (checks and receivers)
+        # Imported for what they register: checks (metrics_api's too) and receivers.
+        from identity import checks, metrics_api, realtime, signals  # noqa: F401
         from identity.daphne_compat import patch_daphne
 
         patch_daphne()

@@ -32,6 +32,11 @@ RATE_DEFAULTS: dict[str, str] = {
     "IDENTITY_LOGIN_RATE_PER_ACCOUNT": "10/min",
     "IDENTITY_LOGIN_RATE_PER_ADDRESS": "30/min",
 }
+# Client addresses that may read /metrics without a token (identity.metrics_api):
+# comma-separated IPs or CIDRs; empty, the default, means staff tokens only.
+LIST_DEFAULTS: dict[str, str] = {
+    "IDENTITY_METRICS_ALLOWED_ADDRESSES": "",
+}
 
 
 def _get(name: str) -> float:
@@ -128,3 +133,11 @@ def max_topics_per_socket() -> int:
 def allowed_origins() -> list[str]:
     """Exact origins from IDENTITY_ALLOWED_ORIGINS (empty: use the allowed hosts)."""
     return list(getattr(settings, "IDENTITY_ALLOWED_ORIGINS", []))
+
+
+def metrics_allowed_addresses() -> list[str]:
+    """IPs and CIDRs that may read /metrics without a token (a list or a comma string)."""
+    name = "IDENTITY_METRICS_ALLOWED_ADDRESSES"
+    raw = getattr(settings, name, LIST_DEFAULTS[name])
+    entries = raw.split(",") if isinstance(raw, str) else raw
+    return [entry.strip() for entry in entries if entry.strip()]

@@ -24,7 +24,18 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, counters, guard, heartbeat, push, realtime, registry, sessions, timers
+from identity import (
+    conf,
+    counters,
+    guard,
+    heartbeat,
+    metrics,
+    push,
+    realtime,
+    registry,
+    sessions,
+    timers,
+)
 from identity.exceptions import IdentityError, IdentityMismatch, ServiceUnavailable
 from identity.layers import LayerUnavailable, attach
 from identity.logs import throttled
@@ -183,7 +194,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         try:
             self.channel_name = await self.channel_layer.new_channel()
-        except LayerUnavailable:
+        except LayerUnavailable as exc:
+            metrics.CONNECTS.inc(ErrorCode.SERVICE_UNAVAILABLE)
+            metrics.service_error(exc)
             # The socket never opened: refuse the handshake instead of a 500.
             logger.warning("channel layer unavailable: handshake refused")
             await receive()
@@ -195,9 +208,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         # the socket's own tasks run in the socket's context instead.
         self.context = contextvars.copy_context()
         detach = attach(self.channel_layer, self.channel_name, self.deliver)
+        metrics.SOCKETS_OPEN.inc()
         try:
             await self.serve(receive)
         finally:
+            metrics.SOCKETS_OPEN.dec()
             # However the socket ends (close, reset, a failed send, cancellation,
             # server shutdown), it leaves the registry, its groups and its timers
             # (forget_identity finishes leaving the registry even if cancelled).
@@ -245,10 +260,12 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         await self.accept()
         counters.count(counters.CONNECT)
+        metrics.CONNECTS.inc(metrics.ACCEPTED)
         heartbeat.ensure_running()
         self.start_timer(conf.auth_timeout(), self.on_auth_timeout)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
+        metrics.FRAMES.received += 1
         if self.closing:
             return
         text = message.get("text")
@@ -293,6 +310,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.sending += 1
         try:
             await self.base_send(message)
+            if message["type"] == "websocket.send":
+                metrics.FRAMES.sent += 1
         except Exception as exc:
             # Reset by the client, failed by the server's keepalive, or closed
             # already: the server delivers `websocket.disconnect` next.
@@ -307,6 +326,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """Take a token from the socket's bucket; answer (and maybe close) if empty."""
         if self.bucket is None or self.bucket.take():
             return True
+        metrics.RATE_LIMITED.inc(metrics.SOCKET_FRAMES)
         # Not processed, but answered with its ref: a client's pending request must not hang.
         action, ref = peek(text) if text is not None else (None, None)
         await self.send_json(error_frame(ErrorCode.RATE_LIMITED, None, action, ref))
@@ -351,7 +371,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             message = "The payload is nested too deeply."
             code = ErrorCode.INVALID_PAYLOAD
             await self.send_json(error_frame(code, message, envelope.action, envelope.ref))
-        except (LayerUnavailable, DatabaseError):
+        except (LayerUnavailable, DatabaseError) as exc:
+            metrics.service_error(exc)
             logger.warning("service unavailable during %r", envelope.action, exc_info=True)
             code = ErrorCode.SERVICE_UNAVAILABLE
             await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
@@ -383,6 +404,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         try:
             async with asyncio.timeout(GOODBYE_TIMEOUT):
                 if reason is not None:
+                    metrics.DISCONNECTS.inc(reason)
                     await self.send_json(disconnect_push(reason))
                 await self.transmit(close)
         except TimeoutError:
@@ -399,9 +421,11 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             user, expires_at = await self.verify(envelope.payload)
         except ServiceUnavailable as exc:
             # The server's fault, not the client's: no attempt is counted.
+            metrics.service_error(exc)
             await self.refuse_auth(envelope, exc)
             return
-        except DatabaseError:
+        except DatabaseError as exc:
+            metrics.service_error(exc)
             logger.warning("database unavailable during auth", exc_info=True)
             failure = ServiceUnavailable("The server cannot reach its database; try again.")
             await self.refuse_auth(envelope, failure)
@@ -412,18 +436,22 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             return
         self.failed_auths = 0
         self.set_identity(user, expires_at)
+        metrics.AUTHS.inc(metrics.SUCCESS)
         await self.reply(envelope, self.auth_success())
         if 0 < expires_at - time.time() <= conf.expiry_notice():
             await self.push_expiring()
 
     async def refuse_auth(self, envelope: Envelope, exc: IdentityError) -> None:
         counters.count(counters.AUTH_FAILURE, str(exc.code))
+        metrics.AUTHS.inc(exc.code)
         await self.reply(envelope, auth_failure(exc.code, exc.message))
 
+    @metrics.timed(metrics.AUTH_SECONDS)
     async def verify(self, raw: Any) -> tuple[Any, int]:
         """Resolve the token's user; register the socket if it was anonymous."""
         if self.user is None:
             user, token = await sessions.open_session(raw, self.socket_info())
+            metrics.SOCKETS_AUTHENTICATED.inc()
             return user, token.expires_at
         user, token = await sessions.check_token(raw)
         if user.pk != self.user.pk:
@@ -623,6 +651,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         user, subscribed, topics = self.user, self.subscribed, self.topics or {}
         if user is None:
             return []
+        metrics.SOCKETS_AUTHENTICATED.dec()
         guard.anonymous(self.scope)  # counts as anonymous again (identity.guard)
         self.user = self.expires_at = self.topics = None
         self.subscribed = False

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from identity import conf
+from identity import conf, metrics
 from identity.protocol import Refusal
 
 SCOPE_KEY = "identity.guard"
@@ -120,6 +120,7 @@ class Guard:
         key = address_key(scope)
         refusal, retry_after = self.check(key)
         if refusal is not None:
+            metrics.refused(refusal)
             await refuse(scope, receive, send, refusal, retry_after)
             return
         ticket = scope[SCOPE_KEY] = Ticket(self, key)

@@ -26,7 +26,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from identity import conf, counters, push, registry, relay
+from identity import conf, counters, metrics, push, registry, relay
 from identity.layers import in_process
 from identity.models import WithdrawalRequest
 from identity.protocol import Reason
@@ -92,8 +92,9 @@ async def beat_once() -> None:
     """One heartbeat: vouch for this process, purge dead ones, push their `offline`.
 
     Also adds this process's connect and auth-failure counts to the database
-    (identity.counters).
+    (identity.counters), and its frame counts to the metrics (identity.metrics).
     """
+    metrics.publish()
     try:
         # Before the heartbeat's purge of dead processes, which would take
         # their topic rows without a `leave`.

@@ -14,7 +14,7 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import validate_host
 
-from identity import conf
+from identity import conf, metrics
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -62,5 +62,6 @@ class OriginValidator:
         if scope["type"] == "websocket":
             origin = _origin_header(scope)
             if origin is not None and not origin_allowed(origin):
+                metrics.CONNECTS.inc(metrics.ORIGIN_REFUSED)
                 return WebsocketDenier()(scope, receive, send)
         return self.application(scope, receive, send)

@@ -321,3 +321,8 @@ def _purge_user_ghosts(user_id: int) -> bool:
         _lock_user(user_id)
         deleted, _ = Connection.objects.filter(user_id=user_id).exclude(live()).delete()
         return bool(deleted) and not is_online(user_id)
+
+
+def online_count() -> int:
+    """How many users have a live socket, on every process (the metrics' users online)."""
+    return live_connections().values("user_id").distinct().count()

@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 
-from identity import push, registry, tokens
+from identity import metrics, push, registry, tokens
 from identity.exceptions import ServiceUnavailable
 from identity.layers import LayerUnavailable
 from identity.protocol import user_payload
@@ -53,7 +53,8 @@ async def best_effort(awaitable: Any) -> None:
     """A push that may be lost while the channel layer is down (logged, not raised)."""
     try:
         await awaitable
-    except LayerUnavailable:
+    except LayerUnavailable as exc:
+        metrics.service_error(exc)
         logger.warning("channel layer unavailable: a presence push was lost", exc_info=True)
 
 
@@ -87,12 +88,14 @@ async def close_session(
     try:
         for group in groups:
             await get_channel_layer().group_discard(group, channel_name)
-    except LayerUnavailable:
+    except LayerUnavailable as exc:
+        metrics.service_error(exc)
         # Pushes to a channel nobody reads are dropped; nothing else to undo.
         logger.warning("channel layer unavailable: %s left its groups late", channel_name)
     try:
         last, left = await _leave(channel_name, user_id, [t for t, kept in topics.items() if kept])
-    except Exception:
+    except Exception as exc:
+        metrics.service_error(exc)
         # The socket is going anyway; the heartbeat expiry cleans up after us.
         logger.exception("could not remove %s from the registry", channel_name)
         return

@@ -15,7 +15,7 @@ from typing import Any
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
-from identity import conf
+from identity import conf, metrics
 
 
 class FailedSignInThrottle(SimpleRateThrottle):
@@ -28,7 +28,10 @@ class FailedSignInThrottle(SimpleRateThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         # Only a POST is a sign-in; another method is answered 405 without a body read.
-        return request.method != "POST" or super().allow_request(request, view)
+        if request.method != "POST" or super().allow_request(request, view):
+            return True
+        metrics.RATE_LIMITED.inc(str(self.scope))  # answered 429
+        return False
 
     def get_rate(self) -> str | None:
         raise NotImplementedError

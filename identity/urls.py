@@ -14,7 +14,8 @@
         path("", include("identity.urls")),
     ]
 
-`urlpatterns` is the page, the token API, the staff API and the health check;
+`urlpatterns` is the page, the token API, the staff API, the health check and
+the operators' metrics;
 `admin_urlpatterns` is the operator's dashboard, mounted where the admin is.
 """
 
@@ -24,7 +25,7 @@ from django.contrib import admin
 from django.urls import path
 from rest_framework_simplejwt.views import TokenBlacklistView, TokenRefreshView
 
-from identity import api, dashboard, views
+from identity import api, dashboard, metrics_api, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -39,6 +40,7 @@ urlpatterns = [
     ),
     path("api/users/<str:username>/revoke/", api.RevokeView.as_view(), name="api_revoke"),
     path("healthz", api.healthz, name="healthz"),
+    path("metrics", metrics_api.MetricsView.as_view(), name="metrics"),
 ]
 
 admin_urlpatterns = [

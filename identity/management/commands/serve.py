@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from identity import conf
+from identity import conf, metrics
 from identity.layers import in_process
 
 
@@ -48,6 +48,9 @@ class Command(BaseCommand):
         # expected: shown, not fatal. Otherwise the deploy check must be clean.
         https = getattr(settings, "HTTPS", True)  # config/settings.py's; other projects: on
         call_command("check", deploy=True, fail_level="WARNING" if https else "ERROR")
+        # A scrape of /metrics lands on one worker and must report them all:
+        # prometheus_client's multiprocess mode, a fresh directory per start.
+        os.environ[metrics.MULTIPROC_ENV] = metrics.fresh_multiprocess_dir()
         uvicorn = shutil.which("uvicorn", path=os.path.dirname(sys.executable)) or "uvicorn"
         argv = [
             uvicorn,
