@@ -88,6 +88,17 @@ class Client:
     async def receive(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         return await self.communicator.receive_json_from(timeout=timeout)
 
+    async def receive_besides(self, action: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame that is not an ACTION push.
+
+        On Redis a `members` push published just before a socket subscribed can
+        still reach it (docs/realtime.md): tests of other frames skip those.
+        """
+        while True:
+            got = await self.receive(timeout)
+            if got["action"] != action:
+                return got
+
     async def request(self, action: str, payload: Any = None, **extra: Any) -> dict[str, Any]:
         await self.send(action, payload, **extra)
         return await self.receive()
