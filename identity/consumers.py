@@ -514,6 +514,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             else:
                 result = await database_sync_to_async(spec.handler)(socket, envelope.payload)
             text = encode(frame(envelope.action, result, envelope.ref))
+            if self.too_big(text):
+                # daphne will not write a frame over the limit (the socket would
+                # go quiet); a socket never gets a frame larger than it may send.
+                raise ValueError(f"the reply is over {conf.max_frame_bytes()} bytes")
         except realtime.ActionError as exc:
             error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
             await self.send_json(error)

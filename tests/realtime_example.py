@@ -77,3 +77,8 @@ async def slow(socket: Socket, payload: Any) -> Any:
 
 # A rule with a bug: it raises for names it does not expect.
 topic("broken.{n}", allow=lambda user, n: int(n) > 0)
+
+
+@action("test.huge")
+async def huge(socket: Socket, payload: Any) -> Any:
+    return "x" * 70_000  # over the 64 KiB frame limit once encoded

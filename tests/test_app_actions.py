@@ -140,3 +140,12 @@ async def test_an_integer_ref_past_64_bits_comes_back_exactly(alice, connect):
     raw = await client.communicator.receive_from()
     assert f'"ref":{ref}' in raw
     assert json.loads(raw)["action"] == "test.echo"
+
+
+async def test_a_reply_over_the_frame_limit_is_a_server_error(alice, connect, caplog):
+    client = await connect(access_for(alice))
+    with caplog.at_level(logging.ERROR, logger="identity.consumers"):
+        reply = await client.request("test.huge", None, ref="h")
+    assert reply["payload"]["code"] == "server_error"
+    assert reply["ref"] == "h"
+    assert any("over 65536 bytes" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
