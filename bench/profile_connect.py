@@ -72,12 +72,7 @@ def embedded_env(workdir: Path) -> tuple[dict[str, str], Path]:
     env = run.bench_env(os.urandom(16).hex())
     env.update(DATABASE_URL=f"sqlite:///{workdir / 'profile.sqlite3'}", DJANGO_HTTPS="0")
     env.pop("REDIS_URL", None)
-    python = str(run.VENV_BIN / "python")
-    run.run_checked([python, "manage.py", "migrate", "--noinput", "-v", "0"], env)
-    creds = workdir / "creds.json"
-    users = [python, str(run.BENCH / "project_users.py"), "--count", str(run.USER_COUNT)]
-    run.run_checked([*users, "--out", str(creds)], env)
-    return env, creds
+    return env, workers.migrate_with_users(env, workdir)
 
 
 def record(args: argparse.Namespace, env: dict[str, str], creds: Path, out: Path) -> dict:

@@ -51,12 +51,17 @@ def prepare(workdir: Path) -> tuple[dict[str, str], Path]:
     )
     psql(f"DROP DATABASE IF EXISTS {DATABASE}")
     psql(f"CREATE DATABASE {DATABASE}")
+    return env, migrate_with_users(env, workdir)
+
+
+def migrate_with_users(env: dict[str, str], workdir: Path) -> Path:
+    """Migrate the database ENV names and add the bench users; their credentials file."""
     python = str(run.VENV_BIN / "python")
     run.run_checked([python, "manage.py", "migrate", "--noinput", "-v", "0"], env)
     creds = workdir / "creds.json"
     users = [python, str(run.BENCH / "project_users.py"), "--count", str(run.USER_COUNT)]
     run.run_checked([*users, "--out", str(creds)], env)
-    return env, creds
+    return creds
 
 
 def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: Path) -> dict:
