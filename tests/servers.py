@@ -125,13 +125,13 @@ class LiveServer:
             time.sleep(0.05)  # polling a port that is not open yet: nothing to await
         raise RuntimeError(f"server not ready in {START_TIMEOUT}s:\n{self.output()}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the process by its PID (SIGKILL to simulate a crash)."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        """Stop the process by its PID (SIGKILL to simulate a crash; after TIMEOUT s anyway)."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(sig)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
