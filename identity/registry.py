@@ -305,7 +305,12 @@ def retire() -> None:
 
 def purge_dead_servers() -> list[tuple[int, str]]:
     """Delete the rows of processes whose heartbeat expired; users who went offline."""
-    dead = ServerProcess.objects.filter(heartbeat_at__lt=live_cutoff())
+    # A process whose topic rows are still there waits for purge_dead_members
+    # (run first on every beat) to push their `leave`: it may have expired
+    # between that call and this one, and its delete would take them silently.
+    dead = ServerProcess.objects.filter(heartbeat_at__lt=live_cutoff()).exclude(
+        id__in=TopicMember.objects.values("server_id")
+    )
     affected = list(
         Connection.objects.filter(server__in=dead)
         .values_list("user_id", "user__username")
