@@ -28,7 +28,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from identity import conf, sql
-from identity.exceptions import ConnectionLimit
+from identity.exceptions import ConnectionLimit, UserNotFound
 from identity.models import Connection, ServerProcess, TopicMember, UserIdentity
 
 SERVER_ID = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -113,31 +113,47 @@ def register(user_id: int, info: SocketInfo) -> bool:
 
 
 def _register(user_id: int, info: SocketInfo) -> bool:
+    values = {
+        "channel_name": info.channel_name,
+        "user": user_id,
+        "server": SERVER_ID,
+        "opened_at": info.opened_at,
+        "authenticated_at": timezone.now(),
+        "remote_addr": info.remote_addr[:64],
+        "user_agent": info.user_agent[:300],
+    }
+    cutoff, limit = live_cutoff(), conf.max_connections_per_user()
+    if sql.in_one_call():
+        done = sql.register_call(values, cutoff, limit)
+        if done is None:  # no UserIdentity row to lock (identity.signals makes one)
+            UserIdentity.objects.get_or_create(user_id=user_id)
+            done = sql.register_call(values, cutoff, limit)
+    else:
+        done = _register_steps(user_id, values, cutoff, limit)
+    if done is None:  # deleted meanwhile
+        raise UserNotFound("The token's user no longer exists.")
+    if not done.inserted:
+        raise ConnectionLimit(
+            f"This user already has {done.alive} open connection(s), the limit; close one first."
+        )
+    # Ghosts were still "online" to subscribers, who never saw them go.
+    return done.alive == 0 and not done.ghosts
+
+
+def _register_steps(
+    user_id: int, values: dict[str, object], cutoff: datetime, limit: int
+) -> sql.Registered:
+    """What identity_register does (migration 0005), a statement at a time."""
     with transaction.atomic():
         _lock_user(user_id)
-        cutoff = live_cutoff()
         total, alive = sql.count_connections(user_id, cutoff)
         ghosts = total - alive
         if ghosts:
             Connection.objects.filter(user_id=user_id).exclude(live(cutoff=cutoff)).delete()
-        limit = conf.max_connections_per_user()
         if limit and alive >= limit:
-            raise ConnectionLimit(
-                f"This user already has {live} open connection(s), the limit; close one first."
-            )
-        sql.insert_connection(
-            {
-                "channel_name": info.channel_name,
-                "user": user_id,
-                "server": SERVER_ID,
-                "opened_at": info.opened_at,
-                "authenticated_at": timezone.now(),
-                "remote_addr": info.remote_addr[:64],
-                "user_agent": info.user_agent[:300],
-            }
-        )
-        # Ghosts were still "online" to subscribers, who never saw them go.
-        return alive == 0 and not ghosts
+            return sql.Registered(alive, ghosts, inserted=False)
+        sql.insert_connection(values)
+        return sql.Registered(alive, ghosts, inserted=True)
 
 
 def unregister(channel_name: str, user_id: int) -> bool:
@@ -155,6 +171,8 @@ def leave(channel_name: str, user_id: int, topics: Iterable[str]) -> tuple[bool,
     A topic is left when this was the user's last live socket in it.
     """
     topics = list(topics)
+    if sql.in_one_call():
+        return sql.leave_call(channel_name, user_id, topics, live_cutoff())
     with transaction.atomic():
         _lock_user(user_id, create=False)
         left = _leave_topics(channel_name, user_id, topics) if topics else []

@@ -193,11 +193,14 @@ def count_connections(user_id: int, live_since: datetime) -> tuple[int, int]:
 
 def insert_connection(values: dict[str, Any]) -> None:
     """One registry row; `values` has a value for each of INSERT_FIELDS."""
+    with connection.cursor() as cursor:
+        cursor.execute(_statements().insert, _insert_params(values))
+
+
+def _insert_params(values: dict[str, Any]) -> list[Any]:
     meta = Connection._meta
     fields = [cast(Field, meta.get_field(name)) for name in INSERT_FIELDS]  # concrete columns
-    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(_statements().insert, params)
+    return [field.get_db_prep_save(values[field.name], connection) for field in fields]
 
 
 def delete_connection(channel_name: str) -> bool:
@@ -205,6 +208,55 @@ def delete_connection(channel_name: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(_statements().delete, [channel_name])
         return cursor.rowcount > 0
+
+
+def in_one_call() -> bool:
+    """Whether `register_call` and `leave_call` exist here (PostgreSQL: migration 0005).
+
+    Elsewhere identity.registry runs the same steps one statement at a time.
+    """
+    return connection.vendor == "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What `register_call` found and did, under the user's lock."""
+
+    alive: int  # the user's live sockets before this one
+    ghosts: int  # their rows of dead processes, now deleted
+    inserted: bool  # False when IDENTITY_MAX_CONNECTIONS_PER_USER refused it
+
+
+def register_call(values: dict[str, Any], live_since: datetime, limit: int) -> Registered | None:
+    """Record a socket in one round trip (identity_register); None if the user has no
+    UserIdentity row to lock (the caller creates it and calls again).
+
+    `values` as for `insert_connection`; `limit` 0 means no per-user limit.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT o_alive, o_ghosts, o_inserted"
+            " FROM identity_register(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [*_insert_params(values), _when(live_since), limit],
+        )
+        alive, ghosts, inserted = cursor.fetchone()
+    return None if alive is None else Registered(alive, ghosts, inserted)
+
+
+def leave_call(
+    channel_name: str, user_id: int, topics: list[str], live_since: datetime
+) -> tuple[bool, list[str]]:
+    """Forget a socket and its presence TOPICS in one round trip (identity_leave).
+
+    (Was it the user's last live socket?, the topics it was their last live socket in.)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT o_last, o_left FROM identity_leave(%s, %s, %s::varchar[], %s)",
+            [channel_name, user_id, topics, _when(live_since)],
+        )
+        last, left = cursor.fetchone()
+    return bool(last), sorted(left)
 
 
 def has_live_connection(user_id: int, live_since: datetime) -> bool:

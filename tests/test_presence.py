@@ -154,6 +154,7 @@ async def test_the_connection_limit_holds(alice, connect, settings):
     reply = await third.auth(access_for(alice))
     assert reply["registered"] is False
     assert reply["error"]["code"] == "connection_limit"
+    assert "already has 2 open connection(s)" in reply["error"]["message"]
     await second.close()
     assert (await third.auth(access_for(alice)))["registered"] is True
 
