@@ -21,6 +21,17 @@ What it lacks is a bound: an operation against a Redis that is down (or
 stalled) raises a raw ConnectionError, or waits forever. Here each operation
 either completes within LAYER_TIMEOUT or raises LayerUnavailable, which the
 consumer answers with `service_unavailable`.
+
+It also subscribes once per process, not once per socket and group. As
+channels-redis ships it, each socket's channel is a Redis subscription, and
+so is each group with a member in the process (every user's group): a
+connect and a close cost four SUBSCRIBE and UNSUBSCRIBE commands. Here a
+socket's channel is process-local (`...!id`, Channels' naming for it) and
+reached through its process's one subscription, and groups live in the
+process only: a group_send goes to every process on one shared "bus"
+subscription, and each hands it to its own members. The price is that every
+process reads every group message; with the handful of workers a deployment
+runs, that costs less than the commands it saves (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from copy import deepcopy
@@ -163,9 +175,10 @@ async def release(layer: BaseChannelLayer, channel: str) -> None:
         layer.channels.pop(channel, None)
 
 
-# The private parts of channels and channels-redis used above (the per-channel
-# dict of each in-memory and per-loop Redis layer, `_get_layer`, `_get_shard`,
-# `_async_proxy`, `_clean_expired`), verified with these releases. A release
+# The private parts of channels and channels-redis used here (the channel and
+# group dicts of each in-memory and per-loop Redis layer, `_get_layer`,
+# `_get_shard`, `_get_group_channel_name`, a shard's `_subscribed_to` and
+# `_receive_message`, `_async_proxy`, `_clean_expired`), verified with these releases. A release
 # that moves them would stop delivery silently: the system check identity.E004
 # refuses to start without them, and identity.W002 warns outside these ranges.
 VERIFIED = {"channels": ("4.3",), "channels_redis": ("4.3",)}
@@ -180,6 +193,8 @@ def missing_internals() -> list[str]:
         (_InMemoryLayer, "get_capacity"),
         (_PubSubLayer, "_get_layer"),
         (pubsub.RedisPubSubLoopLayer, "_get_shard"),
+        (pubsub.RedisPubSubLoopLayer, "_get_group_channel_name"),
+        (pubsub.RedisSingleShardConnection, "_receive_message"),
         (pubsub, "_async_proxy"),
     ]
     missing = [
@@ -187,12 +202,18 @@ def missing_internals() -> list[str]:
         for owner, name in needed
         if not hasattr(owner, name)
     ]
-    layer = _InMemoryLayer()
-    missing += [
-        f"InMemoryChannelLayer().{name}"
-        for name in ("channels", "groups")
-        if not isinstance(getattr(layer, name, None), dict)
-    ]
+    for name, made in (
+        ("InMemoryChannelLayer", _InMemoryLayer()),
+        ("RedisPubSubLoopLayer", pubsub.RedisPubSubLoopLayer(hosts=["redis://127.0.0.1:1"])),
+    ):  # nothing connects before the first command
+        missing += [
+            f"{name}().{attr}"
+            for attr in ("channels", "groups")
+            if not isinstance(getattr(made, attr, None), dict)
+        ]
+    shard = pubsub.RedisSingleShardConnection({"address": "redis://127.0.0.1:1"}, None)
+    if not isinstance(getattr(shard, "_subscribed_to", None), set):
+        missing.append("RedisSingleShardConnection()._subscribed_to")
     return missing
 
 
@@ -242,14 +263,74 @@ class _Inbox:
         _hand_over(self.channel, self.deliver, self.deserialize(data))
 
 
+class _Bus:
+    """Sits in channels-redis's channel dict under this process's two subscriptions.
+
+    Each message arrives as b"<channel or group>\\n<message>" and goes on as
+    channels-redis would have delivered a message of that Redis channel: to
+    the named process-local channel, or to each local member of the group.
+    b"\\n<token>" is a barrier of this process's own (see group_add).
+    """
+
+    __slots__ = ("barriers", "shard")
+
+    def __init__(self, shard: Any) -> None:
+        self.shard = shard
+        self.barriers: dict[bytes, Callable[[], None]] = {}
+
+    def put_nowait(self, data: bytes) -> None:
+        name, _, message = data.partition(b"\n")
+        if name:
+            self.shard._receive_message({"channel": name, "data": message})
+        elif (reached := self.barriers.pop(message, None)) is not None:
+            reached()
+
+
 class RedisPubSubChannelLayer(_PubSubLayer):
-    """channels-redis's pub/sub layer; every operation but `receive` is bounded."""
+    """channels-redis's pub/sub layer: one subscription per process, every operation bounded."""
+
+    def _bus(self) -> tuple[Any, str, str]:
+        """This event loop's layer, the bus, and this process's own channel.
+
+        Per event loop, as channels-redis keeps its layers. Both are read on
+        the bus's shard (its Redis connection), so a process receives what is
+        published to either in the order Redis ran the PUBLISH commands.
+        """
+        loop_layer = self._get_layer()
+        names = getattr(loop_layer, "identity_bus", None)
+        if names is None:
+            names = (f"{self.prefix}bus", f"{self.prefix}process.{secrets.token_hex(8)}")
+            loop_layer.identity_bus = names
+        return loop_layer, *names
+
+    async def _listen(self) -> tuple[Any, _Bus]:
+        """Subscribe this process to the bus and its own channel, once (again after a flush)."""
+        loop_layer, bus, own = self._bus()
+        shard = loop_layer._get_shard(bus)
+        for name in (bus, own):
+            if not isinstance(loop_layer.channels.get(name), _Bus):
+                loop_layer.channels[name] = _Bus(shard)
+            if name not in shard._subscribed_to:
+                await guarded(shard.subscribe(name), "subscribe")
+        return loop_layer, loop_layer.channels[own]
+
+    async def _publish(self, via: str, data: bytes, what: str) -> None:
+        loop_layer, bus, _ = self._bus()
+        await guarded(loop_layer._get_shard(bus).publish(via, data), what)
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """A process-local channel: no subscription of its own."""
+        loop_layer, _ = await self._listen()
+        _, _, own = self._bus()
+        channel = f"{own}!{prefix}{secrets.token_hex(8)}"
+        loop_layer.channels[channel] = asyncio.Queue()
+        return channel
 
     def attach(self, channel: str, deliver: Deliver) -> None:
         """Hand CHANNEL's messages (a channel from new_channel) to DELIVER as they arrive.
 
-        The per-loop layer's receive task puts each message in `channels[name]`
-        with `put_nowait`; an _Inbox there delivers it instead of queueing.
+        The receive task puts each message in `channels[name]` with
+        `put_nowait`; an _Inbox there delivers it instead of queueing.
         """
         loop_layer = self._get_layer()
         queue = loop_layer.channels.get(channel)
@@ -258,28 +339,52 @@ class RedisPubSubChannelLayer(_PubSubLayer):
             deliver(self.deserialize(queue.get_nowait()))
 
     async def detach(self, channel: str) -> None:
-        """Stop delivering CHANNEL and unsubscribe it (what `receive` does when cancelled)."""
-        loop_layer = self._get_layer()
-        if loop_layer.channels.pop(channel, None) is None:
-            return
-        try:
-            await guarded(loop_layer._get_shard(channel).unsubscribe(channel), "unsubscribe")
-        except LayerUnavailable:
-            logger.warning(
-                "channel layer unavailable: %s stays subscribed until reconnect", channel
-            )
-
-    async def new_channel(self, prefix: str = "specific.") -> str:
-        return await guarded(_async_proxy(self, "new_channel", prefix), "new_channel")
+        """Stop delivering CHANNEL (a local channel: nothing to unsubscribe)."""
+        self._get_layer().channels.pop(channel, None)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        await guarded(_async_proxy(self, "send", channel, message), "send")
+        own, bang, _ = channel.partition("!")
+        if not bang:  # not one of ours: channels-redis's own way
+            await guarded(_async_proxy(self, "send", channel, message), "send")
+            return
+        await self._publish(own, channel.encode() + b"\n" + self.serialize(message), "send")
 
     async def group_add(self, group: str, channel: str) -> None:
-        await guarded(_async_proxy(self, "group_add", group, channel), "group_add")
+        """Add CHANNEL to GROUP for every message published after this call began.
+
+        The membership is local, so a message published a moment earlier
+        could still be on its way; it would reach CHANNEL too, unlike with a
+        Redis subscription. So this publishes a barrier to the process's own
+        channel and adds the member when it comes back: what arrives before it
+        was published before.
+        """
+        loop_layer, own_bus = await self._listen()
+        _, _, own = self._bus()
+        members = loop_layer._get_group_channel_name(group)
+        token = secrets.token_hex(8).encode()
+        reached = asyncio.get_running_loop().create_future()
+
+        def join() -> None:
+            loop_layer.groups.setdefault(members, set()).add(channel)
+            if not reached.done():
+                reached.set_result(None)
+
+        own_bus.barriers[token] = join
+        try:
+            await self._publish(own, b"\n" + token, "group_add")
+            await guarded(reached, "group_add")
+        finally:
+            own_bus.barriers.pop(token, None)  # a late barrier adds nobody
 
     async def group_discard(self, group: str, channel: str) -> None:
-        await guarded(_async_proxy(self, "group_discard", group, channel), "group_discard")
+        loop_layer = self._get_layer()
+        name = loop_layer._get_group_channel_name(group)
+        members = loop_layer.groups.get(name, set())
+        members.discard(channel)
+        if not members:
+            loop_layer.groups.pop(name, None)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        await guarded(_async_proxy(self, "group_send", group, message), "group_send")
+        loop_layer, bus, _ = self._bus()
+        name = loop_layer._get_group_channel_name(group)
+        await self._publish(bus, name.encode() + b"\n" + self.serialize(message), "group_send")

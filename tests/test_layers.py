@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from channels.exceptions import ChannelFull
@@ -25,6 +26,14 @@ class Inbox:
 
     async def first(self) -> None:
         await asyncio.wait_for(self.arrived.wait(), 3)
+
+    async def until(self, count: int) -> list[str]:
+        """Wait for COUNT messages in all; their types."""
+        async with asyncio.timeout(3):
+            while len(self.got) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return [m["type"] for m in self.got]
 
 
 async def test_receive_delivers_in_order_and_forgets_empty_channels():
@@ -142,23 +151,45 @@ async def test_a_layer_without_attach_is_pulled_by_one_task_until_detached():
     assert (await layer.receive(channel))["type"] == "after"
 
 
-async def test_redis_hands_messages_over_and_unsubscribes_on_detach():
-    layer = layers.RedisPubSubChannelLayer(hosts=[require_redis()])
+async def test_redis_subscribes_once_per_process_and_hands_messages_over():
+    layer = layers.RedisPubSubChannelLayer(hosts=[require_redis()], prefix=f"t{os.getpid()}")
+    other = layers.RedisPubSubChannelLayer(hosts=[require_redis()], prefix=f"t{os.getpid()}")
     try:
-        channel = await layer.new_channel()
-        shard = layer._get_layer()._get_shard(channel)
-        assert channel in shard._subscribed_to
-        inbox = Inbox()
-        detach = layers.attach(layer, channel, inbox.deliver)
-        await layer.group_add("g", channel)
-        await layer.group_send("g", {"type": "group", "n": 1})
-        await inbox.first()
-        assert inbox.got == [{"type": "group", "n": 1}]
-        await detach()
-        assert channel not in shard._subscribed_to
-        assert channel not in layer._get_layer().channels
+        channels = {name: await layer.new_channel() for name in ("a", "b", "c")}
+        got = {name: Inbox() for name in channels}
+        detach = {
+            name: layers.attach(layer, channels[name], got[name].deliver) for name in channels
+        }
+        for name, channel in channels.items():
+            await layer.group_add(f"user.{name}", channel)
+            await layer.group_add("everyone", channel)
+        shard = layer._get_layer()._get_shard(channels["a"])
+        # The bus and the process's own channel, whatever the sockets and groups.
+        assert len(shard._subscribed_to) == 2
+        there = await other.new_channel()
+        theirs = Inbox()
+        layers.attach(other, there, theirs.deliver)
+        await other.group_add("everyone", there)
+
+        await other.group_send("user.b", {"type": "to.b"})  # from another process
+        await other.send(channels["c"], {"type": "to.c"})
+        await layer.group_send("everyone", {"type": "all"})
+        for name, expected in (("a", ["all"]), ("b", ["to.b", "all"]), ("c", ["to.c", "all"])):
+            assert await got[name].until(len(expected)) == expected
+        assert await theirs.until(1) == ["all"]
+
+        await detach["a"]()
+        await layer.group_discard("everyone", channels["b"])
+        assert channels["a"] not in layer._get_layer().channels
+        await layer.group_send("everyone", {"type": "later"})
+        assert await got["c"].until(3) == ["to.c", "all", "later"]
+        assert await theirs.until(2) == ["all", "later"]
+        assert [m["type"] for m in got["a"].got] == ["all"]
+        assert [m["type"] for m in got["b"].got] == ["to.b", "all"]
+        assert len(shard._subscribed_to) == 2
     finally:
         await layer.flush()
+        await other.flush()
 
 
 def test_the_installed_channel_layers_have_every_private_part_identity_uses():
