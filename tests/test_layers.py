@@ -192,6 +192,24 @@ async def test_redis_subscribes_once_per_process_and_hands_messages_over():
         await other.flush()
 
 
+async def test_redis_a_new_member_gets_only_what_was_published_after_it_joined():
+    layer = layers.RedisPubSubChannelLayer(hosts=[require_redis()], prefix=f"j{os.getpid()}")
+    other = layers.RedisPubSubChannelLayer(hosts=[require_redis()], prefix=f"j{os.getpid()}")
+    try:
+        channel = await layer.new_channel()
+        inbox = Inbox()
+        layers.attach(layer, channel, inbox.deliver)
+        await other.new_channel()  # the other process listens too
+        # Published, and on its way to this process, before the member joins.
+        await other.group_send("g", {"type": "before"})
+        await layer.group_add("g", channel)
+        await other.group_send("g", {"type": "after"})
+        assert await inbox.until(1) == ["after"]
+    finally:
+        await layer.flush()
+        await other.flush()
+
+
 def test_the_installed_channel_layers_have_every_private_part_identity_uses():
     assert layers.missing_internals() == []
     assert layers.unverified_releases() == []
