@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -76,20 +75,11 @@ def embedded_env(workdir: Path) -> tuple[dict[str, str], Path]:
 
 
 def record(args: argparse.Namespace, env: dict[str, str], creds: Path, out: Path) -> dict:
-    port = run.free_port()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
-    python = str(run.VENV_BIN / "python")
-    serve = [python, "manage.py", "serve", "--host", run.HOST, "--port", str(port)]
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [*serve, "--workers", "1"], cwd=run.ROOT, env=env,
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        run.wait_listening(proc, port, log)
+    """Serve with one worker, load it with sessions while py-spy samples it; the load's metrics."""
+    with workers.serving(1, env) as (port, pid):
         time.sleep(1)
         spy = subprocess.Popen(
-            [py_spy(), "record", "-p", str(worker_pid(proc.pid)), "-r", str(args.rate),
+            [py_spy(), "record", "-p", str(worker_pid(pid)), "-r", str(args.rate),
              "-d", str(int(args.duration) + 2), "-f", "raw", "-o", str(out), "--threads"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -97,9 +87,6 @@ def record(args: argparse.Namespace, env: dict[str, str], creds: Path, out: Path
         said, _ = spy.communicate(timeout=args.duration + 60)
         if spy.returncode:
             raise SystemExit(f"py-spy failed: {said}")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=run.STOP_TIMEOUT)
     return metrics
 
 

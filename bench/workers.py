@@ -21,6 +21,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,13 @@ def migrate_with_users(env: dict[str, str], workdir: Path) -> Path:
     return creds
 
 
-def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: Path) -> dict:
-    """Start `serve --workers N`, run each scenario RUNS times, stop it."""
+@contextmanager
+def serving(workers: int, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """Run `manage.py serve --workers N` on a free port; yields (port, pid) once it listens.
+
+    The server runs in a session of its own and is stopped by its process
+    group: SIGTERM reaches uvicorn's supervisor and its workers alike.
+    """
     port = run.free_port()
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     python = str(run.VENV_BIN / "python")
@@ -75,9 +82,18 @@ def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: 
             [*serve, "--workers", str(workers)], cwd=run.ROOT, env=env,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    results: dict[str, list[Any]] = {key: [] for key in ROWS}
     try:
         run.wait_listening(proc, port, log)
+        yield port, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=run.STOP_TIMEOUT)
+
+
+def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: Path) -> dict:
+    """Start `serve --workers N`, run each scenario RUNS times, stop it."""
+    results: dict[str, list[Any]] = {key: [] for key in ROWS}
+    with serving(workers, env) as (port, _):
         time.sleep(2)  # every worker up
         for scenario in ("sessions", "echo"):
             for _ in range(args.runs):
@@ -85,9 +101,6 @@ def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: 
                 for key, (wanted, _) in ROWS.items():
                     if wanted == scenario:
                         results[key].append(metrics.get(key))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's supervisor and its workers
-        proc.wait(timeout=run.STOP_TIMEOUT)
     return results
 
 

@@ -19,6 +19,7 @@ from django.test import AsyncClient
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from config.asgi import application
+from tests.live_sockets import LiveSocket
 
 TIMEOUT = 3  # seconds to wait for a frame the server must send
 
@@ -27,6 +28,18 @@ TIMEOUT = 3  # seconds to wait for a frame the server must send
 def fresh_channel_layer() -> None:
     """Each test gets a new in-memory layer (its queues belong to one event loop)."""
     channel_layers.backends.clear()
+
+
+@pytest.fixture
+async def closes_live_sockets() -> AsyncIterator[None]:
+    """Close the LiveSockets a test opened, however it ended.
+
+    For the modules that talk to real servers (tests/live_sockets.py): they
+    name it in their `pytestmark` with `pytest.mark.usefixtures`.
+    """
+    yield
+    for sock in list(LiveSocket.unclosed):
+        await sock.close()
 
 
 def make_user(username: str, **extra: Any) -> Any:

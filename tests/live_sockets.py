@@ -13,10 +13,9 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import pytest
 import websockets
 
 from tests.servers import ROOT, LiveServer, manage
@@ -33,7 +32,8 @@ class ServerClosed(AssertionError):
 class LiveSocket:
     """One WebSocket: frames in arrival order, each with its time of arrival."""
 
-    unclosed: ClassVar[set[LiveSocket]] = set()  # closed by `closes_sockets` after each test
+    # Closed after each test by `closes_live_sockets` (tests/conftest.py).
+    unclosed: ClassVar[set[LiveSocket]] = set()
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -132,14 +132,6 @@ class LiveSocket:
             await self.ws.close()
         finally:
             self.reader.cancel()
-
-
-@pytest.fixture(autouse=True)
-async def closes_sockets() -> AsyncIterator[None]:
-    """Close the sockets a test opened, however it ended (import it to use it)."""
-    yield
-    for sock in list(LiveSocket.unclosed):
-        await sock.close()
 
 
 def is_event(topic: str, event: str | None = None) -> Callable[[dict[str, Any]], bool]:

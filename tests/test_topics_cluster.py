@@ -17,7 +17,6 @@ import pytest
 
 from tests.live_sockets import (
     LiveSocket,
-    closes_sockets,  # noqa: F401  (autouse: closes the sockets a test leaves open)
     ended,
     is_event,
     is_members,
@@ -29,7 +28,11 @@ from tests.live_sockets import (
 from tests.servers import Database, LiveServer, base_env
 from tests.services import postgres_database, require_redis
 
-pytestmark = [pytest.mark.server, pytest.mark.services]
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.services,
+    pytest.mark.usefixtures("closes_live_sockets"),
+]
 
 INTERVAL, EXPIRY = 0.5, 2.0
 RECHECK_BOUND = 1.0  # seconds: PROTOCOL.md v2 rule 2, "within one second"

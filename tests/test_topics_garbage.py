@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 
 from tests.fuzz import DAPHNE, UVICORN
-from tests.live_sockets import (
-    LiveSocket,
-    closes_sockets,  # noqa: F401  (autouse: closes the sockets a test leaves open)
-    is_event,
-    is_members,
-    prepare,
-)
+from tests.live_sockets import LiveSocket, is_event, is_members, prepare
 from tests.servers import Database, LiveServer
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("closes_live_sockets")]
 
 FRAME_LIMIT = 65536  # IDENTITY_MAX_FRAME_BYTES, the default
 

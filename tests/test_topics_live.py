@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.live_sockets import (
-    LiveSocket,
-    closes_sockets,  # noqa: F401  (autouse: closes the sockets a test leaves open)
-    ended,
-    is_event,
-    is_members,
-    prepare,
-    shell,
-    stamp_of,
-)
+from tests.live_sockets import LiveSocket, ended, is_event, is_members, prepare, shell, stamp_of
 from tests.servers import Database, LiveServer
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("closes_live_sockets")]
 
 BOUND = 1.0  # seconds: PROTOCOL.md v2 rule 2, and what the relay promises a publish
 # Arrival times are taken by this test's own event loop on two cores shared
