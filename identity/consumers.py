@@ -162,6 +162,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.user: Any = None
         self.expires_at: int | None = None
         self.subscribed = False
+        # Whether this socket ever joined a presence topic (TopicMember rows to remove).
+        self.presence_rows = False
         # Topic name -> its declaration, while subscribed (identity.realtime).
         self.topics: dict[str, realtime.Topic] | None = None
         self.closing = False
@@ -376,6 +378,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("service unavailable during %r", envelope.action, exc_info=True)
             code = ErrorCode.SERVICE_UNAVAILABLE
             await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
+        except Exception:
+            if self.closing:  # lost a race with a withdrawal: nobody to answer
+                raise
+            # Our bug: logged, answered, and the socket goes on serving.
+            logger.exception("action %r failed", envelope.action)
+            code = ErrorCode.SERVER_ERROR
+            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
 
     async def reply(self, envelope: Envelope, payload: Any, action: str | None = None) -> None:
         await self.send_json(frame(action or envelope.action, payload, envelope.ref))
@@ -544,8 +553,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                     f"A socket may hold {conf.max_topics_per_socket()} subscriptions; "
                     "unsubscribe first.",
                 )
+            # Set first: a join that fails halfway may leave a row for the close to remove.
+            self.presence_rows = self.presence_rows or spec.presence
             members = await sessions.join_topic(
-                self.channel_name, self.user.pk, name, spec.presence
+                self.channel_name, self.user.pk, self.user.get_username(), name, spec.presence
             )
             if self.topics is None:
                 self.topics = {}
@@ -653,12 +664,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     async def forget_identity(self) -> list[str]:
         """Leave the user's groups, topics and the registry; the topics that ended."""
         user, subscribed, topics = self.user, self.subscribed, self.topics or {}
+        presence_rows = self.presence_rows
         if user is None:
             return []
         metrics.SOCKETS_AUTHENTICATED.dec()
         guard.anonymous(self.scope)  # counts as anonymous again (identity.guard)
         self.user = self.expires_at = self.topics = None
-        self.subscribed = False
+        self.subscribed = self.presence_rows = False
         self.scope.pop("user", None)
         # A server shutting down cancels the socket once and exits when it
         # returns: leaving the registry must not stop halfway.
@@ -667,7 +679,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             user.pk,
             user.get_username(),
             subscribed,
-            {name: spec.presence for name, spec in topics.items()},
+            topics,
+            presence_rows,
         )
         await uncancellable(session)
         return list(topics)

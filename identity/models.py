@@ -160,7 +160,8 @@ class TopicMember(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["topic", "channel_name"], name="topic_member_once")
         ]
-        indexes = [models.Index(fields=["topic", "user"])]
+        # A close deletes its socket's rows by channel name.
+        indexes = [models.Index(fields=["topic", "user"]), models.Index(fields=["channel_name"])]
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.topic}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -162,20 +161,22 @@ def unregister(channel_name: str, user_id: int) -> bool:
     False too when the socket was not registered (never was, or its user was
     deleted and the row went with them).
     """
-    return leave(channel_name, user_id, ())[0]
+    return leave(channel_name, user_id, presence=False)[0]
 
 
-def leave(channel_name: str, user_id: int, topics: Iterable[str]) -> tuple[bool, list[str]]:
-    """Forget a socket and its presence TOPICS: (its user's last socket?, topics they left).
+def leave(channel_name: str, user_id: int, presence: bool) -> tuple[bool, list[str]]:
+    """Forget a socket: (its user's last socket?, presence topics the user left).
 
-    A topic is left when this was the user's last live socket in it.
+    With PRESENCE (the socket ever joined a presence topic) its topic rows go
+    too, whichever topics the socket still counts as its own: a row whose
+    unsubscribe or subscribe failed halfway is not left behind. A topic is
+    left when this was the user's last live socket in it.
     """
-    topics = list(topics)
     if sql.in_one_call():
-        return sql.leave_call(channel_name, user_id, topics, live_cutoff())
+        return sql.leave_call(channel_name, user_id, presence, live_cutoff())
     with transaction.atomic():
         _lock_user(user_id, create=False)
-        left = _leave_topics(channel_name, user_id, topics) if topics else []
+        left = _leave_topics(channel_name, user_id) if presence else []
         deleted = sql.delete_connection(channel_name)
         return deleted and not sql.has_live_connection(user_id, live_cutoff()), left
 
@@ -209,12 +210,14 @@ def leave_topic(user_id: int, channel_name: str, topic: str) -> bool:
     """Forget a socket in a presence topic; True if it was the user's last live one there."""
     with transaction.atomic():
         _lock_user(user_id, create=False)
-        return bool(_leave_topics(channel_name, user_id, [topic]))
+        return bool(_leave_topics(channel_name, user_id, topic))
 
 
-def _leave_topics(channel_name: str, user_id: int, topics: list[str]) -> list[str]:
-    """Under the user's lock: delete the socket's rows; the topics the user left."""
-    rows = TopicMember.objects.filter(channel_name=channel_name, topic__in=topics)
+def _leave_topics(channel_name: str, user_id: int, topic: str | None = None) -> list[str]:
+    """Under the user's lock: delete the socket's rows (in TOPIC, or all); topics the user left."""
+    rows = TopicMember.objects.filter(channel_name=channel_name)
+    if topic is not None:
+        rows = rows.filter(topic=topic)
     held = set(rows.values_list("topic", flat=True))
     if not held:
         return []
@@ -228,9 +231,14 @@ def _leave_topics(channel_name: str, user_id: int, topics: list[str]) -> list[st
 
 
 def topic_members(topic: str, cutoff: datetime | None = None) -> list[tuple[int, str]]:
-    """The (id, username) of users with a live socket in a presence topic, by username."""
+    """The (id, username) of users with a live socket in a presence topic, by username.
+
+    This process's own sockets count even while its heartbeat is late (a
+    database outage longer than the expiry): they are open, whatever others
+    conclude, and a subscriber is always among the members it is told of.
+    """
     rows = (
-        TopicMember.objects.filter(live(cutoff=cutoff), topic=topic)
+        TopicMember.objects.filter(live(cutoff=cutoff) | Q(server_id=SERVER_ID), topic=topic)
         .values_list("user_id", "user__username")
         .distinct()
         .order_by("user__username")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
@@ -104,15 +104,15 @@ async def close_session(
     user_id: int,
     username: str,
     subscribed: bool = False,
-    topics: dict[str, bool] | None = None,
+    topics: Iterable[str] = (),
+    presence: bool = False,
 ) -> None:
     """Leave the groups open_session, subscribe_presence and join_topic joined, and the registry.
 
-    TOPICS maps the socket's topics to whether each keeps presence. Pushes
-    `offline` if it was the user's last socket, and `leave` for each presence
-    topic it was their last socket in.
+    TOPICS are the socket's topics; PRESENCE says whether it ever joined one
+    that keeps presence. Pushes `offline` if it was the user's last socket,
+    and `leave` for each presence topic it was their last socket in.
     """
-    topics = topics or {}
     groups = [push.user_group(user_id)] + ([push.PRESENCE_GROUP] if subscribed else [])
     groups += [push.topic_group(topic) for topic in topics]
     try:
@@ -123,7 +123,7 @@ async def close_session(
         # Pushes to a channel nobody reads are dropped; nothing else to undo.
         logger.warning("channel layer unavailable: %s left its groups late", channel_name)
     try:
-        last, left = await _leave(channel_name, user_id, [t for t, kept in topics.items() if kept])
+        last, left = await _leave(channel_name, user_id, presence)
     except Exception as exc:
         metrics.service_error(exc)
         # The socket is going anyway; the heartbeat expiry cleans up after us.
@@ -136,7 +136,7 @@ async def close_session(
 
 
 async def join_topic(
-    channel_name: str, user_id: int, topic: str, presence: bool
+    channel_name: str, user_id: int, username: str, topic: str, presence: bool
 ) -> list[dict[str, Any]] | None:
     """Join a topic's group; with PRESENCE record it and push `join`: the members, else None."""
     await get_channel_layer().group_add(push.topic_group(topic), channel_name)
@@ -150,7 +150,6 @@ async def join_topic(
         await get_channel_layer().group_discard(push.topic_group(topic), channel_name)
         raise
     if first:
-        username = next(name for uid, name in members if uid == user_id)
         await best_effort(push.push_members(topic, "join", user_id, username))
     return [user_payload(uid, name) for uid, name in members]
 

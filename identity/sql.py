@@ -244,16 +244,16 @@ def register_call(values: dict[str, Any], live_since: datetime, limit: int) -> R
 
 
 def leave_call(
-    channel_name: str, user_id: int, topics: list[str], live_since: datetime
+    channel_name: str, user_id: int, presence: bool, live_since: datetime
 ) -> tuple[bool, list[str]]:
-    """Forget a socket and its presence TOPICS in one round trip (identity_leave).
+    """Forget a socket, and with PRESENCE its topic rows, in one round trip (identity_leave).
 
     (Was it the user's last live socket?, the topics it was their last live socket in.)
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT o_last, o_left FROM identity_leave(%s, %s, %s::varchar[], %s)",
-            [channel_name, user_id, topics, _when(live_since)],
+            "SELECT o_last, o_left FROM identity_leave(%s, %s, %s, %s)",
+            [channel_name, user_id, presence, _when(live_since)],
         )
         last, left = cursor.fetchone()
     return bool(last), sorted(left)

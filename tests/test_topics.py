@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import DatabaseError
 from django.test import override_settings
 
 import tests.realtime_example  # noqa: F401  (the topics below)
-from identity import push
+from identity import push, registry
+from identity.models import TopicMember
 from tests.conftest import access_for, adb, grant, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -328,6 +330,53 @@ async def test_a_withdrawal_closes_without_unsubscribed_and_pushes_leave(alice, 
     assert await client.receive_close() == 4403
     left = {"topic": "room.lobby", "event": "leave", "user": user_of(alice)}
     assert await watcher.receive() == {"action": "members", "payload": left}
+
+
+async def test_a_failed_unsubscribe_leaves_no_member_behind(alice, bob, connect, monkeypatch):
+    watcher = await connect(access_for(bob))
+    await subscribe(watcher, "room.lobby")
+    client = await connect(access_for(alice))
+    await subscribe(client, "room.lobby")
+    await watcher.receive()  # alice's join
+
+    def down(*args: Any) -> None:
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(registry, "leave_topic", down)
+    reply = await client.request("unsubscribe", {"topic": "room.lobby"}, ref="u")
+    assert (reply["ref"], reply["payload"]["code"]) == ("u", "service_unavailable")
+    monkeypatch.undo()
+    await client.close()  # the row of the failed unsubscribe goes with the socket
+    left = {"topic": "room.lobby", "event": "leave", "user": user_of(alice)}
+    assert await watcher.receive() == {"action": "members", "payload": left}
+    assert not await adb(TopicMember.objects.filter(user=alice).exists)()
+
+
+async def test_a_subscribe_that_failed_after_its_row_leaves_no_member_behind(
+    alice, bob, connect, monkeypatch
+):
+    watcher = await connect(access_for(bob))
+    await subscribe(watcher, "room.lobby")
+    client = await connect(access_for(alice))
+
+    async def down(*args: Any) -> None:
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(push, "push_members", down)
+    reply = await client.request("subscribe", {"topic": "room.lobby"}, ref="s")
+    assert (reply["ref"], reply["payload"]["code"]) == ("s", "service_unavailable")
+    monkeypatch.undo()
+    assert await adb(TopicMember.objects.filter(user=alice).exists)()
+    await client.close()
+    assert not await adb(TopicMember.objects.filter(user=alice).exists)()
+
+
+async def test_a_subscriber_is_a_member_while_its_own_heartbeat_is_late(alice, connect):
+    client = await connect(access_for(alice))
+    await adb(registry.retire)()  # to the others, this process looks dead
+    reply = await subscribe(client, "room.lobby", ref="r")
+    assert reply["payload"]["members"] == [user_of(alice)]
+    assert (await client.request("ping", None, ref="p"))["ref"] == "p"  # still serving
 
 
 async def test_the_socket_sees_its_subscriptions_in_an_action(alice, connect):

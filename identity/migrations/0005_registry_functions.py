@@ -8,7 +8,7 @@ processes, as before. Liveness is the heartbeat rule of identity.registry.live:
 a socket counts while its process's heartbeat is at or after the cutoff.
 """
 
-from django.db import migrations
+from django.db import migrations, models
 
 REGISTER = """
 CREATE OR REPLACE FUNCTION identity_register(
@@ -43,7 +43,7 @@ END $$;
 LEAVE = """
 CREATE OR REPLACE FUNCTION identity_leave(
     p_channel varchar, p_user identity_connection.user_id%TYPE,
-    p_topics varchar[], p_cutoff timestamptz,
+    p_presence boolean, p_cutoff timestamptz,
     OUT o_last boolean, OUT o_left varchar[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -51,11 +51,9 @@ DECLARE
 BEGIN
     PERFORM 1 FROM identity_useridentity WHERE user_id = p_user FOR UPDATE;
     o_left := '{}';
-    IF cardinality(p_topics) > 0 THEN
+    IF p_presence THEN
         WITH gone AS (
-            DELETE FROM identity_topicmember
-             WHERE channel_name = p_channel AND topic = ANY (p_topics)
-            RETURNING topic)
+            DELETE FROM identity_topicmember WHERE channel_name = p_channel RETURNING topic)
         SELECT array_agg(DISTINCT topic) INTO v_held FROM gone;
         IF v_held IS NOT NULL THEN
             SELECT coalesce(array_agg(t), '{}') INTO o_left  -- sorted by the caller
@@ -78,7 +76,7 @@ DROP FUNCTION IF EXISTS identity_register(
     varchar, identity_connection.user_id%TYPE, varchar, timestamptz, timestamptz,
     varchar, varchar, timestamptz, integer);
 DROP FUNCTION IF EXISTS identity_leave(
-    varchar, identity_connection.user_id%TYPE, varchar[], timestamptz);
+    varchar, identity_connection.user_id%TYPE, boolean, timestamptz);
 """
 
 
@@ -97,4 +95,10 @@ def drop(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [("identity", "0004_topics")]
 
-    operations = [migrations.RunPython(create, drop)]
+    operations = [
+        migrations.AddIndex(
+            model_name="topicmember",
+            index=models.Index(fields=["channel_name"], name="identity_to_channel_e973bc_idx"),
+        ),
+        migrations.RunPython(create, drop),
+    ]
