@@ -70,7 +70,9 @@ def _converters(field: Field, table: str) -> ColumnConverters:
 @cache
 def _user_query(vendor: str, user_model: Any, id_field: str) -> UserQuery:
     meta = user_model._meta
-    fields = [meta.pk, meta.get_field(user_model.USERNAME_FIELD), meta.get_field("is_active")]
+    # Every column: the user is the socket's for its life, read in async code
+    # (application actions, topic rules), where a deferred field cannot load.
+    fields = list(meta.concrete_fields)
     user, ident = meta.db_table, UserIdentity._meta.db_table
     revoked = UserIdentity._meta.get_field("tokens_revoked_at")
     lookup = meta.get_field(id_field)
@@ -106,9 +108,8 @@ def _lookup_value(field: Field, value: Any) -> Any:
 def fetch_user(user_id: Any) -> Any | None:
     """The user whose token claim is `user_id`, with `tokens_revoked_at`; None if none.
 
-    The instance has only the primary key, username and `is_active` loaded
-    (the rest are deferred, as with `.only()`). Raises ValueError or TypeError
-    for a claim the lookup field cannot hold.
+    Every concrete field is loaded. Raises ValueError or TypeError for a
+    claim the lookup field cannot hold.
     """
     user_model = get_user_model()
     query = _user_query(connection.vendor, user_model, api_settings.USER_ID_FIELD)

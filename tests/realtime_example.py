@@ -38,6 +38,13 @@ async def echo(socket: Socket, payload: Any) -> Any:
     return {"payload": payload, "user": socket.user.get_username(), "topics": sorted(socket.topics)}
 
 
+@action("test.profile")
+async def profile(socket: Socket, payload: Any) -> Any:
+    """Any field of the user, read in async code (no query: it is all loaded at `auth`)."""
+    user = socket.user
+    return {"email": user.email, "staff": user.is_staff, "joined": user.date_joined.year}
+
+
 @action("test.count_users")
 def count_users(socket: Socket, payload: Any) -> Any:
     """A sync handler: runs in the database thread, so the ORM works."""

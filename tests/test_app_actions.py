@@ -11,7 +11,7 @@ import pytest
 from django.test import override_settings
 
 import tests.realtime_example  # noqa: F401  (the actions below)
-from tests.conftest import access_for, adb, grant
+from tests.conftest import access_for, adb, grant, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,6 +30,17 @@ async def test_a_sync_action_runs_where_the_orm_works(alice, bob, connect):
     client = await connect(access_for(alice))
     reply = await client.request("test.count_users", None, ref=2)
     assert reply == {"action": "test.count_users", "payload": {"users": 2}, "ref": 2}
+
+
+async def test_an_async_action_reads_any_field_of_the_socket_user(transactional_db, connect):
+    carol = await adb(make_user)("carol", email="carol@example.com", is_staff=True)
+    client = await connect(access_for(carol))
+    reply = await client.request("test.profile", None, ref="p")
+    assert reply["payload"] == {
+        "email": "carol@example.com",
+        "staff": True,
+        "joined": carol.date_joined.year,
+    }
 
 
 async def test_a_reply_without_a_ref_has_no_ref_key(alice, connect):
