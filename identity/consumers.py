@@ -182,6 +182,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.sending = 0  # sends in progress; one seen from elsewhere is blocked on the client
         self.gone = False  # the server could not write: the connection is lost
         self.slow = False  # closed for not reading
+        self.recheck_pending = False  # a re-check waits for the socket (deliver)
         self.main: asyncio.Task[Any] | None = None
 
     # --- transport ------------------------------------------------------------
@@ -705,7 +706,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
         A withdrawal goes ahead of every push still waiting. Past EVENT_BACKLOG
         waiting pushes, more are dropped, and a socket whose writes are blocked
-        on a client that does not read is closed (`slow_reader`, 4408).
+        on a client that does not read is closed (`slow_reader`, 4408). A
+        re-check is never dropped: it is not a push but a change of rights.
         """
         kind = message.get("type")
         if kind == push.DISCONNECT_EVENT:
@@ -713,6 +715,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             self.spawn(self.withdraw(reason, message.get("reply_to")))
         elif self.closing:
             pass  # the socket is going: nothing more is written to it
+        elif kind == push.RECHECK_EVENT:
+            # Outside the backlog, or a full queue would keep a forbidden topic
+            # open. One waiting re-check reads the rights when it runs, so it
+            # stands for any number that arrive meanwhile.
+            if not self.recheck_pending:
+                self.recheck_pending = True
+                self.spawn(self.handle_event(message))
         elif self.pushes is not None and len(self.pushes) >= EVENT_BACKLOG:
             self.overflow(kind)
         else:
@@ -833,5 +842,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def identity_recheck(self, event: dict[str, Any]) -> None:
         """The user's rights changed (identity.push.recheck_user)."""
+        self.recheck_pending = False  # one arriving from now on reads the rights anew
         if self.user is not None and not self.closing:
             await self.recheck()
