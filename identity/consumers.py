@@ -117,6 +117,10 @@ async def uncancellable(coroutine: Coroutine[Any, Any, None]) -> None:
         raise
 
 
+class Withdrawn(Exception):
+    """The socket was withdrawn while an application action ran: it gets no reply."""
+
+
 class IdentityConsumer(AsyncJsonWebsocketConsumer):
     """Authenticates a socket with a SimpleJWT access token and serves the protocol.
 
@@ -184,6 +188,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.slow = False  # closed for not reading
         self.recheck_pending = False  # a re-check waits for the socket (deliver)
         self.main: asyncio.Task[Any] | None = None
+        self.action: asyncio.Future[Any] | None = None  # an application handler running
 
     # --- transport ------------------------------------------------------------
 
@@ -510,15 +515,14 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             raise EnvelopeError(ErrorCode.FORBIDDEN, "You may not run this action.")
         socket = realtime.Socket(self.user, self.channel_name, frozenset(self.topics or ()))
         try:
-            if spec.is_async:
-                result = await spec.handler(socket, envelope.payload)
-            else:
-                result = await database_sync_to_async(spec.handler)(socket, envelope.payload)
+            result = await self.run_handler(spec, socket, envelope.payload)
             text = encode(frame(envelope.action, result, envelope.ref))
             if self.too_big(text):
                 # daphne will not write a frame over the limit (the socket would
                 # go quiet); a socket never gets a frame larger than it may send.
                 raise ValueError(f"the reply is over {conf.max_frame_bytes()} bytes")
+        except Withdrawn:
+            return  # the socket is closing: no reply
         except realtime.ActionError as exc:
             error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
             await self.send_json(error)
@@ -530,6 +534,32 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
             return
         await self.transmit({"type": "websocket.send", "text": text})
+
+    async def run_handler(
+        self, spec: realtime.Action, socket: realtime.Socket, payload: Any
+    ) -> Any:
+        """The handler's return value; it runs as a task of its own, which a withdrawal cancels.
+
+        Raises Withdrawn once the socket is withdrawn meanwhile (its reply would
+        come after the close).
+        """
+        if spec.is_async:
+            call = spec.handler(socket, payload)
+        else:  # a thread cannot be stopped: cancelled, its reply is dropped (docs/realtime.md)
+            call = database_sync_to_async(spec.handler)(socket, payload)
+        task = self.action = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()  # the socket itself is cancelled (a server shutting down)
+            raise
+        finally:
+            self.action = None
+        # Only withdraw() cancels the task; and a withdrawal that went ahead of a
+        # handler ignoring its cancellation has closed the socket already.
+        if task.cancelling() or self.closing:
+            raise Withdrawn()
+        return task.result()
 
     async def on_subscribe(self, envelope: Envelope) -> None:
         name = validate_topic(envelope.payload)
@@ -762,10 +792,15 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """The server withdraws this socket's identity: leave, push REASON, close.
 
         Waiting pushes are dropped. The frame in hand is finished first, unless
-        its handler is stuck writing to a client that does not read.
+        its handler is stuck writing to a client that does not read, or it is
+        an application action: that is cancelled (run_handler).
         """
         for task in list(self.pushes or ()):
             task.cancel()
+        if self.action is not None:
+            # The application's code may await anything for any time (or
+            # forever): a kick or a revoke must not wait for it.
+            self.action.cancel()
         locked = await self.lock_unless_stuck()
         try:
             # Logged out (or closing) since the event was sent: nothing to withdraw.
@@ -781,13 +816,21 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 self.lock.release()
 
     async def lock_unless_stuck(self) -> bool:
-        """Take the lock; give up (False) once its holder is stuck in a send."""
+        """Take the lock; give up (False) once its holder is stuck in a send or a handler.
+
+        An application handler still running after STUCK_AFTER started since
+        withdraw() cancelled, or ignores its cancellation: it is cancelled (again)
+        and not waited for; its late reply is dropped (run_handler).
+        """
         while True:
             try:
                 async with asyncio.timeout(STUCK_AFTER):
                     await self.lock.acquire()
                 return True
             except TimeoutError:
+                if self.action is not None:
+                    self.action.cancel()
+                    return False
                 if self.sending:
                     return False
 

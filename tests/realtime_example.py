@@ -85,6 +85,7 @@ class Gate:
     def __init__(self) -> None:
         self.entered = asyncio.Event()
         self.opened = asyncio.Event()
+        self.cancelled = asyncio.Event()
 
 
 # Set by the tests' `gate` fixture (tests/conftest.py).
@@ -96,7 +97,24 @@ async def wait_at_gate(socket: Socket, payload: Any) -> Any:
     """Holds its socket until the test opens the gate: a long application action."""
     assert GATE is not None, "use the `gate` fixture"
     GATE.entered.set()
-    await GATE.opened.wait()
+    try:
+        await GATE.opened.wait()
+    except asyncio.CancelledError:
+        GATE.cancelled.set()
+        raise
+    return payload
+
+
+@action("test.stubborn_gate")
+async def wait_at_gate_whatever_happens(socket: Socket, payload: Any) -> Any:
+    """`test.gate` that swallows its cancellation: only the gate ends it."""
+    assert GATE is not None, "use the `gate` fixture"
+    GATE.entered.set()
+    while not GATE.opened.is_set():
+        try:
+            await GATE.opened.wait()
+        except asyncio.CancelledError:
+            GATE.cancelled.set()
     return payload
 
 
