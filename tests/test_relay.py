@@ -16,6 +16,7 @@ from django.utils import timezone
 from identity import heartbeat, push, registry, relay
 from identity.models import Connection, ServerProcess, WithdrawalRequest
 from tests.conftest import access_for, adb, as_request
+from tests.test_metrics import moved, read
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +109,29 @@ async def test_a_database_that_refuses_the_request_closes_nothing(alice, in_memo
         "nothing closed: 1 socket(s) held by other server process(es): "
         "no request sent (database is locked)"
     )
+
+
+async def test_a_publish_delivered_here_is_not_refused_when_the_relay_fails(
+    alice, connect, in_memory, monkeypatch, caplog
+):
+    client = await connect(access_for(alice))
+    assert (await client.request("subscribe", {"topic": "room.lobby"}))["payload"]["subscribed"]
+    now = timezone.now()  # another live process: the event is written for it too
+    await adb(ServerProcess.objects.create)(id=ELSEWHERE, started_at=now, heartbeat_at=now)
+    monkeypatch.setattr(relay, "_servers", (0.0, []))  # no list cached from an earlier test
+
+    def locked(*args):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(relay, "broadcast", locked)
+    before = await read()
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        await client.send("publish", {"topic": "room.lobby", "data": 1}, ref="p")
+        frames = sorted([await client.receive(), await client.receive()], key=str)
+    assert [f["action"] for f in frames] == ["event", "publish"]  # a retry would deliver twice
+    assert frames[1] == {"action": "publish", "payload": {"topic": "room.lobby"}, "ref": "p"}
+    await client.assert_silent()
+    after = await read()
+    assert moved(before, after, "identity_service_errors_total", service="database") == 1
+    logged = [r for r in caplog.records if "could not relay an event" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
