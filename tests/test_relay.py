@@ -135,3 +135,26 @@ async def test_a_publish_delivered_here_is_not_refused_when_the_relay_fails(
     assert moved(before, after, "identity_service_errors_total", service="database") == 1
     logged = [r for r in caplog.records if "could not relay an event" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+async def test_a_relayed_event_that_cannot_be_sent_is_logged_and_the_next_ones_go_on(
+    alice, connect, in_memory, monkeypatch, caplog
+):
+    client = await connect(access_for(alice))
+    for n in (1, 2):
+        message = {"type": push.PUSH_EVENT, "frame": {"action": "direct", "payload": n}}
+        await adb(relay.broadcast)([registry.SERVER_ID], push.user_group(alice.pk), message)
+    layer = get_channel_layer()
+    group_send = layer.group_send
+
+    async def first_fails(group, message):
+        if message["frame"]["payload"] == 1:
+            raise RuntimeError("the layer refused it")
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", first_fails)
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        assert await heartbeat.poll_once() == 2  # the poller is not brought down
+    assert await client.receive() == {"action": "direct", "payload": 2}
+    logged = [r for r in caplog.records if "relayed" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
