@@ -98,7 +98,9 @@ def _leave_all(topics: list[str], user_id: int, username: str) -> None:
         try:
             push.push_members_sync(topic, "leave", user_id, username)
         except Exception:
-            logger.warning("could not push leave of %s for deleted user %s", topic, user_id)
+            logger.warning(
+                "could not push leave of %s for deleted user %s", topic, user_id, exc_info=True
+            )
 
 
 # --- live re-authorization (PROTOCOL.md v2 rule 2) ------------------------------
