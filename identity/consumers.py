@@ -117,6 +117,10 @@ async def uncancellable(coroutine: Coroutine[Any, Any, None]) -> None:
         raise
 
 
+class Withdrawn(Exception):
+    """The socket was withdrawn while an application action ran: it gets no reply."""
+
+
 class IdentityConsumer(AsyncJsonWebsocketConsumer):
     """Authenticates a socket with a SimpleJWT access token and serves the protocol.
 
@@ -184,7 +188,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.sending = 0  # sends in progress; one seen from elsewhere is blocked on the client
         self.gone = False  # the server could not write: the connection is lost
         self.slow = False  # closed for not reading
+        self.recheck_pending = False  # a re-check waits for the socket (deliver)
         self.main: asyncio.Task[Any] | None = None
+        self.action: asyncio.Future[Any] | None = None  # an application handler running
 
     # --- transport ------------------------------------------------------------
 
@@ -518,15 +524,14 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             raise EnvelopeError(ErrorCode.FORBIDDEN, "You may not run this action.")
         socket = realtime.Socket(self.user, self.channel_name, frozenset(self.topics or ()))
         try:
-            if spec.is_async:
-                result = await spec.handler(socket, envelope.payload)
-            else:
-                result = await database_sync_to_async(spec.handler)(socket, envelope.payload)
+            result = await self.run_handler(spec, socket, envelope.payload)
             text = encode(frame(envelope.action, result, envelope.ref))
             if self.too_big(text):
                 # daphne will not write a frame over the limit (the socket would
                 # go quiet); a socket never gets a frame larger than it may send.
                 raise ValueError(f"the reply is over {conf.max_frame_bytes()} bytes")
+        except Withdrawn:
+            return  # the socket is closing: no reply
         except realtime.ActionError as exc:
             error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
             await self.send_json(error)
@@ -538,6 +543,32 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
             return
         await self.transmit({"type": "websocket.send", "text": text})
+
+    async def run_handler(
+        self, spec: realtime.Action, socket: realtime.Socket, payload: Any
+    ) -> Any:
+        """The handler's return value; it runs as a task of its own, which a withdrawal cancels.
+
+        Raises Withdrawn once the socket is withdrawn meanwhile (its reply would
+        come after the close).
+        """
+        if spec.is_async:
+            call = spec.handler(socket, payload)
+        else:  # a thread cannot be stopped: cancelled, its reply is dropped (docs/realtime.md)
+            call = database_sync_to_async(spec.handler)(socket, payload)
+        task = self.action = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()  # the socket itself is cancelled (a server shutting down)
+            raise
+        finally:
+            self.action = None
+        # Only withdraw() cancels the task; and a withdrawal that went ahead of a
+        # handler ignoring its cancellation has closed the socket already.
+        if task.cancelling() or self.closing:
+            raise Withdrawn()
+        return task.result()
 
     async def on_subscribe(self, envelope: Envelope) -> None:
         name = validate_topic(envelope.payload)
@@ -718,7 +749,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
         A withdrawal goes ahead of every push still waiting. Past EVENT_BACKLOG
         waiting pushes, more are dropped, and a socket whose writes are blocked
-        on a client that does not read is closed (`slow_reader`, 4408).
+        on a client that does not read is closed (`slow_reader`, 4408). A
+        re-check is never dropped: it is not a push but a change of rights.
         """
         kind = message.get("type")
         if kind == push.DISCONNECT_EVENT:
@@ -726,6 +758,13 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             self.spawn(self.withdraw(reason, message.get("reply_to")))
         elif self.closing:
             pass  # the socket is going: nothing more is written to it
+        elif kind == push.RECHECK_EVENT:
+            # Outside the backlog, or a full queue would keep a forbidden topic
+            # open. One waiting re-check reads the rights when it runs, so it
+            # stands for any number that arrive meanwhile.
+            if not self.recheck_pending:
+                self.recheck_pending = True
+                self.spawn(self.handle_event(message))
         elif self.pushes is not None and len(self.pushes) >= EVENT_BACKLOG:
             self.overflow(kind)
         else:
@@ -766,10 +805,15 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """The server withdraws this socket's identity: leave, push REASON, close.
 
         Waiting pushes are dropped. The frame in hand is finished first, unless
-        its handler is stuck writing to a client that does not read.
+        its handler is stuck writing to a client that does not read, or it is
+        an application action: that is cancelled (run_handler).
         """
         for task in list(self.pushes or ()):
             task.cancel()
+        if self.action is not None:
+            # The application's code may await anything for any time (or
+            # forever): a kick or a revoke must not wait for it.
+            self.action.cancel()
         locked = await self.lock_unless_stuck()
         try:
             # Logged out (or closing) since the event was sent: nothing to withdraw.
@@ -785,13 +829,21 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 self.lock.release()
 
     async def lock_unless_stuck(self) -> bool:
-        """Take the lock; give up (False) once its holder is stuck in a send."""
+        """Take the lock; give up (False) once its holder is stuck in a send or a handler.
+
+        An application handler still running after STUCK_AFTER started since
+        withdraw() cancelled, or ignores its cancellation: it is cancelled (again)
+        and not waited for; its late reply is dropped (run_handler).
+        """
         while True:
             try:
                 async with asyncio.timeout(STUCK_AFTER):
                     await self.lock.acquire()
                 return True
             except TimeoutError:
+                if self.action is not None:
+                    self.action.cancel()
+                    return False
                 if self.sending:
                     return False
 
@@ -846,5 +898,6 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
 
     async def identity_recheck(self, event: dict[str, Any]) -> None:
         """The user's rights changed (identity.push.recheck_user)."""
+        self.recheck_pending = False  # one arriving from now on reads the rights anew
         if self.user is not None and not self.closing:
             await self.recheck()

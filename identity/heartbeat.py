@@ -136,7 +136,14 @@ async def poll_once() -> int:
         return 0
     layer = get_channel_layer()
     for group, message in events:  # in order: events from one process stay in order
-        await layer.group_send(group, message)
+        try:
+            await layer.group_send(group, message)
+        except Exception:
+            # Claimed already (deleted): it is lost, but the ones after it, and
+            # the poller, must not be.
+            logger.warning(
+                "could not send a relayed %r to %s", message.get("type"), group, exc_info=True
+            )
     await asyncio.gather(*(_carry_out(request) for request in requests))
     return len(requests) + len(events)
 

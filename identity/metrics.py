@@ -256,7 +256,12 @@ if _local is not None:
 def exposition(accept: str | None) -> tuple[bytes, str]:
     """The metrics in the format the Accept header asks for, and its content type."""
     publish()
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        # prometheus_client compares the version it cannot parse (`version=abc`)
+        # with a tuple and raises: a scraper's bad header is no server error.
+        encoder, content_type = choose_encoder("")  # the text format
     return encoder(_local if _local is not None else _gathered()), content_type
 
 

@@ -141,8 +141,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_AUTHENTICATED: 'This action needs an identity: send "auth" with a token first.',
     ErrorCode.UNSUPPORTED_FRAME: "Binary frames are not supported; send JSON text frames.",
     ErrorCode.RATE_LIMITED: "Too many frames; slow down.",
+    # The database or the channel layer (Redis): a client cannot tell them apart, nor need to.
     ErrorCode.SERVICE_UNAVAILABLE: (
-        "The server cannot reach its channel layer right now; try again in a few seconds."
+        "The server cannot reach a service it depends on right now; try again in a few seconds."
     ),
     ErrorCode.UNKNOWN_TOPIC: "No such topic.",
     ErrorCode.FORBIDDEN: "You may not do that.",

@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 
-from identity import conf, registry, relay
+from identity import conf, metrics, registry, relay
 from identity.layers import LayerUnavailable, in_process, release
 from identity.protocol import (
     Action,
@@ -305,7 +305,16 @@ async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | No
     text, limit = encode(event_push(topic, event, data, sender)), conf.max_frame_bytes()
     if len(text) > limit // 4 and (size := len(text.encode())) > limit:
         raise EventTooLarge(f"The event would be a {size}-byte frame, over the {limit}-byte limit.")
-    await _group_send(topic_group(topic), {"type": TOPIC_EVENT, "topic": topic, "text": text})
+    try:
+        await _group_send(topic_group(topic), {"type": TOPIC_EVENT, "topic": topic, "text": text})
+    except DatabaseError as exc:
+        # Only the relay to other processes touches the database, after this
+        # process's subscribers have the event: a caller told it failed would
+        # publish again, and they would get it twice. Events are at most once.
+        metrics.service_error(exc)
+        logger.warning(
+            "could not relay an event of %s to the other processes", topic, exc_info=True
+        )
 
 
 async def push_members(topic: str, event: str, user_id: int, username: str) -> None:

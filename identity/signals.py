@@ -24,19 +24,32 @@ from identity.protocol import Reason
 logger = logging.getLogger(__name__)
 
 User = get_user_model()
-WATCHED_FIELDS = {"is_active", "password", "is_staff", "is_superuser"}
+RIGHTS_FIELDS = ("is_staff", "is_superuser")
+WATCHED_FIELDS = ("is_active", "password", *RIGHTS_FIELDS)
+
+
+def stored_fields(model: Any, names: Iterable[str]) -> tuple[str, ...]:
+    """Those of NAMES that are columns of MODEL.
+
+    Not hasattr(): a custom user model may make `is_staff` a property (Django's
+    documented example does), which values_list() cannot read.
+    """
+    columns = {field.attname for field in model._meta.concrete_fields}
+    return tuple(name for name in names if name in columns)
 
 
 @receiver(pre_save, sender=User, dispatch_uid="identity-user-pre-save")
 def remember_old_state(sender: Any, instance: Any, update_fields: Any = None, **_: Any) -> None:
-    """Note the stored `is_active` and password hash, to see what the save changes."""
+    """Note the stored `is_active`, password hash and rights, to see what the save changes."""
     instance._identity_before = None
-    if instance.pk is None or (
-        update_fields is not None and not WATCHED_FIELDS & set(update_fields)
-    ):
+    fields = stored_fields(sender, WATCHED_FIELDS)
+    if instance.pk is None or not fields:
         return
-    fields = ["is_active", "password", *(f for f in RIGHTS_FIELDS if hasattr(instance, f))]
-    instance._identity_before = sender.objects.filter(pk=instance.pk).values_list(*fields).first()
+    if update_fields is not None and not set(fields) & set(update_fields):
+        return
+    row = sender.objects.filter(pk=instance.pk).values_list(*fields).first()
+    if row is not None:
+        instance._identity_before = dict(zip(fields, row, strict=True))
 
 
 @receiver(post_save, sender=User, dispatch_uid="identity-user-post-save")
@@ -50,13 +63,13 @@ def withdraw_on_change(sender: Any, instance: Any, created: bool, **_: Any) -> N
         return
     if before is None:
         return
-    was_active, old_password, *old_rights = before
-    if was_active and not instance.is_active:
+    changed = {field for field, old in before.items() if old != getattr(instance, field)}
+    if "is_active" in changed and not instance.is_active:
         withdraw.disconnect_on_commit(instance.pk, Reason.USER_INACTIVE, instance.get_username())
-    elif old_password != instance.password:
+    elif "password" in changed:
         withdraw.revoke_tokens(instance.pk)
         withdraw.disconnect_on_commit(instance.pk, Reason.TOKEN_REVOKED, instance.get_username())
-    elif old_rights != [getattr(instance, f) for f in RIGHTS_FIELDS if hasattr(instance, f)]:
+    elif changed & set(RIGHTS_FIELDS):
         recheck_on_commit([instance.pk])
 
 
@@ -85,14 +98,15 @@ def _leave_all(topics: list[str], user_id: int, username: str) -> None:
         try:
             push.push_members_sync(topic, "leave", user_id, username)
         except Exception:
-            logger.warning("could not push leave of %s for deleted user %s", topic, user_id)
+            logger.warning(
+                "could not push leave of %s for deleted user %s", topic, user_id, exc_info=True
+            )
 
 
 # --- live re-authorization (PROTOCOL.md v2 rule 2) ------------------------------
 # A change to what a user may do re-checks their open subscriptions on every
 # process once the change is committed (identity.push.recheck_user).
 
-RIGHTS_FIELDS = ("is_staff", "is_superuser")
 # A custom user model without PermissionsMixin has neither relation.
 USER_GROUPS = getattr(getattr(User, "groups", None), "through", None)
 USER_PERMISSIONS = getattr(getattr(User, "user_permissions", None), "through", None)

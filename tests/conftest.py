@@ -170,6 +170,17 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
 adb = database_sync_to_async
 
 
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The gate `test.gate` waits at (tests/realtime_example.py); opened when the test ends."""
+    import tests.realtime_example as example
+
+    opened = example.Gate()
+    monkeypatch.setattr(example, "GATE", opened)
+    yield opened
+    opened.opened.set()
+
+
 @contextlib.asynccontextmanager
 async def request_thread() -> AsyncIterator[None]:
     """Run the sync code awaited inside on a thread of its own, as Django runs a request's.

@@ -86,6 +86,45 @@ async def slow(socket: Socket, payload: Any) -> Any:
 topic("broken.{n}", allow=lambda user, n: int(n) > 0)
 
 
+class Gate:
+    """Holds `test.gate` handlers until the test opens it; one per test (its events bind a loop)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+
+# Set by the tests' `gate` fixture (tests/conftest.py).
+GATE: Gate | None = None
+
+
+@action("test.gate")
+async def wait_at_gate(socket: Socket, payload: Any) -> Any:
+    """Holds its socket until the test opens the gate: a long application action."""
+    assert GATE is not None, "use the `gate` fixture"
+    GATE.entered.set()
+    try:
+        await GATE.opened.wait()
+    except asyncio.CancelledError:
+        GATE.cancelled.set()
+        raise
+    return payload
+
+
+@action("test.stubborn_gate")
+async def wait_at_gate_whatever_happens(socket: Socket, payload: Any) -> Any:
+    """`test.gate` that swallows its cancellation: only the gate ends it."""
+    assert GATE is not None, "use the `gate` fixture"
+    GATE.entered.set()
+    while not GATE.opened.is_set():
+        try:
+            await GATE.opened.wait()
+        except asyncio.CancelledError:
+            GATE.cancelled.set()
+    return payload
+
+
 @action("test.huge")
 async def huge(socket: Socket, payload: Any) -> Any:
     return "x" * 70_000  # over the 64 KiB frame limit once encoded

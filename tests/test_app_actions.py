@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 from django.test import override_settings
 
 import tests.realtime_example  # noqa: F401  (the actions below)
+from identity import push, realtime
 from tests.conftest import access_for, adb, grant, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,3 +162,59 @@ async def test_a_reply_over_the_frame_limit_is_a_server_error(alice, connect, ca
     assert reply["payload"]["code"] == "server_error"
     assert reply["ref"] == "h"
     assert any("over 65536 bytes" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+KICKED = {"action": "disconnect", "payload": {"reason": "kicked", "reconnect": False}}
+WITHDRAWN_WITHIN = 1.0  # seconds: PROTOCOL.md, a withdrawal happens within one second
+
+
+async def kick_during(action: str, user: Any, connect: Any, gate: Any) -> Any:
+    """Kick USER while ACTION waits at the gate: at once, counted, no reply first."""
+    client = await connect(access_for(user))
+    await client.send(action, "late", ref="g")
+    await asyncio.wait_for(gate.entered.wait(), 3)
+    started = time.monotonic()
+    assert await push.disconnect_user(user.pk, push.Reason.KICKED) == 1
+    assert await client.receive() == KICKED
+    assert await client.receive_close() == 4403
+    assert time.monotonic() - started < WITHDRAWN_WITHIN
+    return client
+
+
+async def test_a_withdrawal_cancels_a_running_action_instead_of_waiting_for_it(
+    alice, connect, gate
+):
+    await kick_during("test.gate", alice, connect, gate)
+    assert gate.cancelled.is_set()
+
+
+async def test_a_handler_that_ignores_its_cancellation_is_not_waited_for_and_its_reply_dropped(
+    alice, connect, gate
+):
+    client = await kick_during("test.stubborn_gate", alice, connect, gate)
+    gate.opened.set()  # the handler returns at last: its reply is not written
+    await client.assert_silent()
+
+
+async def test_a_handler_that_starts_after_the_withdrawal_came_is_cancelled_too(
+    alice, connect, gate, monkeypatch
+):
+    checking, checked = asyncio.Event(), asyncio.Event()
+    may_run = realtime.may_run
+
+    async def slow_check(spec: Any, user: Any) -> bool:  # the permission check, before the handler
+        checking.set()
+        await checked.wait()
+        return await may_run(spec, user)
+
+    monkeypatch.setattr(realtime, "may_run", slow_check)
+    client = await connect(access_for(alice))
+    await client.send("test.gate", "late", ref="g")
+    await asyncio.wait_for(checking.wait(), 3)
+    kick = asyncio.ensure_future(push.disconnect_user(alice.pk, push.Reason.KICKED))
+    await asyncio.sleep(0.05)  # the withdrawal waits for the frame in hand
+    checked.set()
+    assert await asyncio.wait_for(kick, WITHDRAWN_WITHIN) == 1
+    assert await client.receive() == KICKED
+    assert await client.receive_close() == 4403
+    await asyncio.wait_for(gate.cancelled.wait(), 1)  # not left running

@@ -36,6 +36,7 @@ async def test_send_while_the_database_fails_is_service_unavailable(
     monkeypatch.setattr(sessions, "find_recipient", async_failing)
     reply = await client.request("send", {"to": "bob", "text": "x"}, ref=4)
     assert reply["payload"]["code"] == "service_unavailable"
+    assert "channel layer" not in reply["payload"]["message"]  # Redis is not what failed
     assert reply["ref"] == 4
     assert (await client.request("ping", 1))["action"] == "pong"
 

@@ -134,6 +134,24 @@ def test_a_scraper_asking_for_openmetrics_gets_openmetrics(http, settings):
     assert response.content.endswith(b"# EOF\n")
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=abc",
+        "application/openmetrics-text; version=1.0.0rc1",
+        "text/plain; version=x",
+    ],
+)
+def test_an_accept_header_with_a_version_no_one_can_read_gets_the_text_format(
+    http, settings, accept
+):
+    settings.IDENTITY_METRICS_ALLOWED_ADDRESSES = ["127.0.0.1"]
+    response = http.get("/metrics", HTTP_ACCEPT=accept)
+    assert response.status_code == 200  # a bad request is never a 500
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert {family.name for family in text_string_to_metric_families(response.content.decode())}
+
+
 def test_an_allowed_address_reads_the_metrics_without_a_token(http, settings):
     settings.IDENTITY_METRICS_ALLOWED_ADDRESSES = ["192.0.2.7", "10.0.0.0/8"]
     for address in ("192.0.2.7", "10.20.30.40", "::ffff:10.1.1.1"):

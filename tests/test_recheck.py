@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission
 
 import tests.realtime_example
-from identity import push
-from tests.conftest import access_for, adb, make_user
+from identity import consumers, push
+from tests.conftest import access_for, adb, grant, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,3 +169,25 @@ async def test_a_rule_that_raises_on_a_re_check_ends_the_subscription(alice, con
     monkeypatch.setattr(tests.realtime_example, "BANNED", None)  # `name in None` raises
     await push.recheck_user(alice.pk)
     assert await client.receive() == ended("chat.general")
+
+
+async def test_a_re_check_waiting_behind_a_full_backlog_is_not_dropped(bob, connect, gate, caplog):
+    await adb(grant)(bob, "change")
+    client = await subscribed(bob, connect, "ops.night")
+    await client.send("test.gate", "held", ref="g")  # a long action holds the socket
+    await asyncio.wait_for(gate.entered.wait(), 3)
+    for n in range(consumers.EVENT_BACKLOG):  # the socket's push queue is full
+        await push.publish("ops.night", "n", n)
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        await adb(bob.user_permissions.clear)()  # re-checks once it commits
+        await push.recheck_user(bob.pk)
+    gate.opened.set()
+    assert (await client.receive())["ref"] == "g"
+    for n in range(consumers.EVENT_BACKLOG):  # published before the change: they stay
+        assert (await client.receive())["payload"]["data"] == n
+    assert await client.receive() == ended("ops.night")
+    await push.publish("ops.night", "after", None)
+    await client.assert_silent()
+    refused = await client.request("test.staff_only", ref="s")
+    assert (refused["action"], refused["payload"]["code"]) == ("error", FORBIDDEN)
+    assert not [r for r in caplog.records if "recheck" in r.getMessage()]

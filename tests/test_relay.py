@@ -16,6 +16,7 @@ from django.utils import timezone
 from identity import heartbeat, push, registry, relay
 from identity.models import Connection, ServerProcess, WithdrawalRequest
 from tests.conftest import access_for, adb, as_request
+from tests.test_metrics import moved, read
 from tests.test_withdrawal import assert_withdrawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +109,52 @@ async def test_a_database_that_refuses_the_request_closes_nothing(alice, in_memo
         "nothing closed: 1 socket(s) held by other server process(es): "
         "no request sent (database is locked)"
     )
+
+
+async def test_a_publish_delivered_here_is_not_refused_when_the_relay_fails(
+    alice, connect, in_memory, monkeypatch, caplog
+):
+    client = await connect(access_for(alice))
+    assert (await client.request("subscribe", {"topic": "room.lobby"}))["payload"]["subscribed"]
+    now = timezone.now()  # another live process: the event is written for it too
+    await adb(ServerProcess.objects.create)(id=ELSEWHERE, started_at=now, heartbeat_at=now)
+    monkeypatch.setattr(relay, "_servers", (0.0, []))  # no list cached from an earlier test
+
+    def locked(*args):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(relay, "broadcast", locked)
+    before = await read()
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        await client.send("publish", {"topic": "room.lobby", "data": 1}, ref="p")
+        frames = sorted([await client.receive(), await client.receive()], key=str)
+    assert [f["action"] for f in frames] == ["event", "publish"]  # a retry would deliver twice
+    assert frames[1] == {"action": "publish", "payload": {"topic": "room.lobby"}, "ref": "p"}
+    await client.assert_silent()
+    after = await read()
+    assert moved(before, after, "identity_service_errors_total", service="database") == 1
+    logged = [r for r in caplog.records if "could not relay an event" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+async def test_a_relayed_event_that_cannot_be_sent_is_logged_and_the_next_ones_go_on(
+    alice, connect, in_memory, monkeypatch, caplog
+):
+    client = await connect(access_for(alice))
+    for n in (1, 2):
+        message = {"type": push.PUSH_EVENT, "frame": {"action": "direct", "payload": n}}
+        await adb(relay.broadcast)([registry.SERVER_ID], push.user_group(alice.pk), message)
+    layer = get_channel_layer()
+    group_send = layer.group_send
+
+    async def first_fails(group, message):
+        if message["frame"]["payload"] == 1:
+            raise RuntimeError("the layer refused it")
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", first_fails)
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        assert await heartbeat.poll_once() == 2  # the poller is not brought down
+    assert await client.receive() == {"action": "direct", "payload": 2}
+    logged = [r for r in caplog.records if "relayed" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None

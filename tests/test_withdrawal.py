@@ -6,6 +6,7 @@ refused with the matching `auth` error, and a fresh token works where it should.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -79,6 +80,23 @@ async def test_deletion_closes_sockets_with_user_deleted_and_pushes_offline(alic
     }
     await watcher.assert_silent()
     assert await auth_error(connect, token) == "user_not_found"
+
+
+async def test_a_deleted_users_leave_that_cannot_be_pushed_is_logged_with_its_cause(
+    alice, connect, monkeypatch, caplog
+):
+    client = await connect(access_for(alice))
+    assert (await client.request("subscribe", {"topic": "room.lobby"}))["payload"]["subscribed"]
+
+    def refused(*args):
+        raise RuntimeError("the layer refused it")
+
+    monkeypatch.setattr(push, "push_members_sync", refused)
+    with caplog.at_level(logging.WARNING, logger="identity"):
+        await as_request(alice.delete)
+        await assert_withdrawn(client, "user_deleted")
+    logged = [r for r in caplog.records if "could not push leave" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
 
 
 async def test_a_password_change_revokes_tokens_and_closes_sockets(alice, connect):
