@@ -67,13 +67,6 @@ def worker_pid(parent: int) -> int:
     return children[0] if children else parent
 
 
-def embedded_env(workdir: Path) -> tuple[dict[str, str], Path]:
-    env = run.bench_env(os.urandom(16).hex())
-    env.update(DATABASE_URL=f"sqlite:///{workdir / 'profile.sqlite3'}", DJANGO_HTTPS="0")
-    env.pop("REDIS_URL", None)
-    return env, workers.migrate_with_users(env, workdir)
-
-
 def record(args: argparse.Namespace, env: dict[str, str], creds: Path, out: Path) -> dict:
     """Serve with one worker, load it with sessions while py-spy samples it; the load's metrics."""
     with workers.serving(1, env) as (port, pid):
@@ -121,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profile-"))
     with run.exclusive():
-        env, creds = embedded_env(workdir) if args.embedded else workers.prepare(workdir)
+        env, creds = workers.embedded_env(workdir) if args.embedded else workers.prepare(workdir)
         out = workdir / "profile.txt"
         metrics = record(args, env, creds, out)
     total, threads, steps = shares(out)

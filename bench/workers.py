@@ -1,13 +1,15 @@
-"""One `manage.py serve` worker against two, on PostgreSQL and Redis.
+"""One `manage.py serve` worker against two, on PostgreSQL and Redis, and one embedded.
 
 The production shape (docs/deploy.md): uvicorn workers sharing the local
 PostgreSQL (a database of its own, `identity_bench`, dropped and created
 here) and Redis (channels under their own prefix). For each worker count the
 server is started, `bench/loadgen.py` runs the sessions and echo scenarios
 against it RUNS times (unpinned: the workers need both cores), and the server
-is stopped by its process group. Prints a Markdown table.
+is stopped by its process group. Then the same for one worker of the
+embedded default (SQLite and the in-memory layer), the yardstick of issue
+12's targets. Prints a Markdown table, and the targets' ratios of medians.
 
-Run: .venv/bin/python bench/workers.py [--runs 2] [--duration 8] [--workers 1,2]
+Run: .venv/bin/python bench/workers.py [--runs 2] [--duration 8] [--workers 1,2] [--no-embedded]
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Redis at 127.0.0.1:6379.
 """
 
@@ -18,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
@@ -31,6 +34,12 @@ import run
 PG = "postgres://postgres@127.0.0.1:5432"
 DATABASE = "identity_bench"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# Issue 12's targets on sessions/s: (label, numerator column, denominator column, at least).
+EMBEDDED = "1 worker, SQLite + in-memory"
+TARGETS = [
+    ("1 worker on PostgreSQL + Redis / 1 embedded", "1 worker", EMBEDDED, 0.5),
+    ("2 workers / 1 worker, PostgreSQL + Redis", "2 workers", "1 worker", 1.7),
+]
 ROWS = {
     "sessions_per_s": ("sessions", "sessions (connect + auth + echo + close, 50 concurrent), /s"),
     "msgs_per_s": ("echo", "echo (100 sockets, 1 in flight each), msgs/s"),
@@ -90,6 +99,14 @@ def serving(workers: int, env: dict[str, str]) -> Iterator[tuple[int, int]]:
         proc.wait(timeout=run.STOP_TIMEOUT)
 
 
+def embedded_env(workdir: Path) -> tuple[dict[str, str], Path]:
+    """The embedded default (SQLite in WORKDIR, the in-memory layer) with the bench users."""
+    env = run.bench_env(os.urandom(16).hex())
+    env.update(DATABASE_URL=f"sqlite:///{workdir / 'embedded.sqlite3'}", DJANGO_HTTPS="0")
+    env.pop("REDIS_URL", None)
+    return env, migrate_with_users(env, workdir)
+
+
 def measure(workers: int, args: argparse.Namespace, env: dict[str, str], creds: Path) -> dict:
     """Start `serve --workers N`, run each scenario RUNS times, stop it."""
     results: dict[str, list[Any]] = {key: [] for key in ROWS}
@@ -122,16 +139,29 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--no-embedded", action="store_true", help="skip the embedded worker")
     args = parser.parse_args()
-    counts = [int(n) for n in args.workers.split(",")]
+    columns: dict[str, Any] = {}
     with run.exclusive():
-        env, creds = prepare(Path(tempfile.mkdtemp(prefix="workers-")))
-        table = {n: measure(n, args, env, creds) for n in counts}
-    print("| scenario | " + " | ".join(f"{n} worker{'s' * (n > 1)}" for n in counts) + " |")
-    print("| --- |" + " --- |" * len(counts))
+        workdir = Path(tempfile.mkdtemp(prefix="workers-"))
+        env, creds = prepare(workdir)
+        for n in (int(n) for n in args.workers.split(",")):
+            columns[f"{n} worker{'s' * (n > 1)}"] = measure(n, args, env, creds)
+        if not args.no_embedded:
+            env, creds = embedded_env(workdir)
+            columns[EMBEDDED] = measure(1, args, env, creds)
+    print("| scenario | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
     for key, (_, label) in ROWS.items():
-        cells = [", ".join(f"{v:,.1f}" for v in table[n][key]) for n in counts]
+        cells = [", ".join(f"{v:,.1f}" for v in column[key]) for column in columns.values()]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    sessions = {name: statistics.median(c["sessions_per_s"]) for name, c in columns.items()}
+    print()
+    for label, over, under, target in TARGETS:
+        if over in sessions and under in sessions:
+            ratio = sessions[over] / sessions[under]
+            met = "met" if ratio >= target else "missed"
+            print(f"- {label}: {ratio:.2f} (target {target}: {met})")
 
 
 if __name__ == "__main__":
