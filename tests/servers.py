@@ -18,12 +18,29 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
+# Runs the command line after it with SIGINT back at its default (see with_default_sigint).
+DEFAULT_SIGINT_THEN_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def with_default_sigint(argv: list[str]) -> list[str]:
+    """ARGV as a terminal would run it: SIGINT at its default, whatever this process has.
+
+    A suite started in the background by a shell without job control (`make
+    test &` in a script, a CI runner) runs with SIGINT ignored, and what it
+    starts inherits that. Daphne (Twisted) keeps an ignored SIGINT ignored, as
+    a background job should: a test's Ctrl-C never reached `runserver`, which
+    was SIGKILLed and never ran its atexit.
+    """
+    return [sys.executable, "-c", DEFAULT_SIGINT_THEN_EXEC, *argv]
 
 
 def base_env(**overrides: str) -> dict[str, str]:
@@ -105,7 +122,11 @@ class LiveServer:
     def start(self) -> LiveServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv(), cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                with_default_sigint(self.argv()),
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.wait_ready()
         return self
