@@ -17,6 +17,11 @@
    A connection that has not sent its first request's headers within
    IDENTITY_HANDSHAKE_TIMEOUT gets 408 and is closed. (Header size is bounded
    by twisted itself: 16 KiB, then 400 or a dropped connection.)
+4. Sends wait while Twisted has paused writing (see WriteGate).
+5. Let the app close with 1011 (a server error): autobahn's `sendClose`
+   refuses it, as every code outside 1000 and 3000-4999, and the socket
+   stayed open. Daphne itself closes with 1011 after an app's exception, by
+   the lower-level `sendCloseFrame` this uses too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import asyncio
 from http import HTTPStatus
 from typing import Any, cast
+
+from identity.protocol import CloseCode
 
 # Autobahn resets the connection 1 s after its close frame unless the client
 # answers; a client still reading what was queued before it needs longer
@@ -47,6 +54,7 @@ def patch_daphne() -> None:
     patch_websocket_factory(ws_protocol.WebSocketFactory)
     patch_http_response(ws_protocol.WebSocketProtocol)
     patch_write_gate(ws_protocol.WebSocketProtocol)
+    patch_server_error_close(ws_protocol.WebSocketProtocol)
     patch_header_deadline(http_protocol.HTTPFactory)
     ws_protocol.WebSocketFactory._identity_patched = True
 
@@ -129,6 +137,20 @@ def patch_write_gate(protocol_class: Any) -> None:
         self.transport.registerProducer(self.identity_gate, True)
 
     protocol_class.onOpen = onOpen
+
+
+def patch_server_error_close(protocol_class: Any) -> None:
+    """`websocket.close` with 1011 sends that close frame (5)."""
+    original_reply = protocol_class.handle_reply
+
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        code = message.get("code") if message.get("type") == "websocket.close" else None
+        if code == CloseCode.SERVER_ERROR and self.state != self.STATE_CONNECTING:
+            self.sendCloseFrame(code=int(code))  # a no-op once closing
+        else:
+            original_reply(self, message)
+
+    protocol_class.handle_reply = handle_reply
 
 
 def patch_http_response(protocol_class: Any) -> None:

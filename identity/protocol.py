@@ -84,6 +84,9 @@ class CloseCode(IntEnum):
     # Not in PROTOCOL.md: the client stopped reading while frames piled up for it.
     SLOW_READER = 4408
     MESSAGE_TOO_BIG = 1009
+    # Not in PROTOCOL.md's table (docs/protocol.md: a server error, reconnect
+    # with backoff): the server could not write a frame to the socket.
+    SERVER_ERROR = 1011
 
 
 class Reason(StrEnum):
