@@ -8,6 +8,7 @@ the per-socket state: user, expiry, timers, attempt and rate counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -127,8 +128,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
     One socket's life: client frames come in through `serve`, one at a time
     under `lock`; channel-layer events through `deliver` (pushes queue behind
     the frame in hand, at most EVENT_BACKLOG; a withdrawal goes ahead of them);
-    timers through `fire_timer`. Every write goes through `transmit`, which
-    turns a connection the server can no longer write to into a quiet end.
+    timers through `fire_timer`. Every write goes through `transmit` (answers
+    to client frames through `answer`): a frame the server cannot write ends
+    the socket (`lose`, close 1011); an answer it cannot write becomes a
+    `server_error`.
     However the socket ends, `end` leaves the registry and the groups.
 
     What a Channels reader should know: this is an AsyncJsonWebsocketConsumer
@@ -282,7 +285,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         elif not await self.within_rate(text):
             return
         elif text is None:
-            await self.send_json(error_frame(ErrorCode.UNSUPPORTED_FRAME))
+            await self.answer(error_frame(ErrorCode.UNSUPPORTED_FRAME))
         else:
             await self.handle_text(text)
 
@@ -299,36 +302,83 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         raise StopConsumer()
 
     async def send_json(self, content: Any, close: bool = False) -> None:
-        try:  # the hot path: orjson straight, without a call to protocol.encode
-            text = orjson.dumps(content).decode()
-        except orjson.JSONEncodeError:
-            text = encode(content)  # an integer ref past 64 bits (or it raises again)
-        await self.transmit({"type": "websocket.send", "text": text})
+        await self.transmit({"type": "websocket.send", "text": self.encoded(content)})
         if close:
             await self.transmit({"type": "websocket.close"})
 
+    @staticmethod
+    def encoded(content: Any) -> str:
+        """A frame's text (raises orjson.JSONEncodeError if nested past 255 levels)."""
+        try:  # the hot path: orjson straight, without a call to protocol.encode
+            return orjson.dumps(content).decode()
+        except orjson.JSONEncodeError:
+            return encode(content)  # an integer ref past 64 bits (or it raises again)
+
+    async def answer(self, content: dict[str, Any]) -> None:
+        """Answer the client's frame; if the server will not write it, `server_error` instead.
+
+        Daphne refuses a frame over the frame limit and keeps the connection
+        (uvicorn writes it): a `ping` echo that grew in encoding, an error
+        quoting a long action twice, a `presence` list of thousands. Bad input
+        must not cost the client its socket.
+        """
+        if self.gone:
+            return
+        failure = await self.hand_over({"type": "websocket.send", "text": self.encoded(content)})
+        if failure is None:
+            return
+        error = error_frame(ErrorCode.SERVER_ERROR, None, None, content.get("ref"))
+        if await self.hand_over({"type": "websocket.send", "text": encode(error)}) is not None:
+            await self.lose(failure)  # not even that: the connection is gone
+            return
+        message = "socket %s: an answer was not written (%r): server_error instead"
+        throttled(logger, "answer-refused", message, self.channel_name, failure)
+
     async def transmit(self, message: dict[str, Any]) -> None:
-        """Hand a message to the server; if the connection is gone, end quietly.
+        """Hand a message to the server; if it cannot write it, the socket ends (`lose`)."""
+        if self.gone:
+            return
+        failure = await self.hand_over(message)
+        if failure is not None:
+            await self.lose(failure)
+
+    async def hand_over(self, message: dict[str, Any]) -> Exception | None:
+        """Give MESSAGE to the server; what it raised if it would not write it.
 
         Straight to the server: the generic consumer's send() re-checks
         arguments and adds two awaits per frame.
         """
-        if self.gone:
-            return
         self.sending += 1
         try:
             await self.base_send(message)
-            if message["type"] == "websocket.send":
-                metrics.FRAMES.sent += 1
         except Exception as exc:
-            # Reset by the client, failed by the server's keepalive, or closed
-            # already: the server delivers `websocket.disconnect` next.
-            self.gone = self.closing = True
-            throttled(
-                logger, "send-failed", "socket %s lost while sending: %r", self.channel_name, exc
-            )
+            return exc
         finally:
             self.sending -= 1
+        if message["type"] == "websocket.send":
+            metrics.FRAMES.sent += 1
+        return None
+
+    async def lose(self, failure: Exception) -> None:
+        """The server could not write to the socket: leave the registry now, close with 1011.
+
+        Reset by the client or closed already, the server delivers
+        `websocket.disconnect` next. But daphne also refuses a frame over the
+        frame limit and keeps the connection open: no disconnect would ever
+        come, and the socket stayed open, silent and online. The close makes
+        it come (a server error: clients reconnect with backoff).
+        """
+        if self.gone:
+            return
+        self.gone = self.closing = True
+        throttled(
+            logger, "send-failed", "socket %s lost while sending: %r", self.channel_name, failure
+        )
+        self.cancel_timer()
+        await self.forget_identity()  # `offline` if it was the user's last socket
+        close = {"type": "websocket.close", "code": int(CloseCode.SERVER_ERROR)}
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            await self.base_send(close)
 
     async def within_rate(self, text: str | None) -> bool:
         """Take a token from the socket's bucket; answer (and maybe close) if empty."""
@@ -337,7 +387,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         metrics.RATE_LIMITED.inc(metrics.SOCKET_FRAMES)
         # Not processed, but answered with its ref: a client's pending request must not hang.
         action, ref = peek(text) if text is not None else (None, None)
-        await self.send_json(error_frame(ErrorCode.RATE_LIMITED, None, action, ref))
+        await self.answer(error_frame(ErrorCode.RATE_LIMITED, None, action, ref))
         if self.bucket.flooding():
             await self.close_socket(Reason.RATE_LIMITED)
         return False
@@ -347,12 +397,12 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         try:
             content = decode(text)
         except orjson.JSONDecodeError:  # also: nested past 1,024 levels
-            await self.send_json(error_frame(ErrorCode.INVALID_JSON))
+            await self.answer(error_frame(ErrorCode.INVALID_JSON))
             return
         try:
             envelope = parse_envelope(content)
         except EnvelopeError as exc:
-            await self.send_json(error_frame(exc.code, exc.message, exc.action, exc.ref))
+            await self.answer(error_frame(exc.code, exc.message, exc.action, exc.ref))
             return
         await self.run_action(envelope)
 
@@ -372,28 +422,28 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 )
             await handler(envelope)
         except EnvelopeError as exc:
-            await self.send_json(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
+            await self.answer(error_frame(exc.code, exc.message, envelope.action, envelope.ref))
         except orjson.JSONEncodeError:
             # Decodable but nested too deeply to encode again (a ping echo past
             # orjson's 255 levels).
             message = "The payload is nested too deeply."
             code = ErrorCode.INVALID_PAYLOAD
-            await self.send_json(error_frame(code, message, envelope.action, envelope.ref))
+            await self.answer(error_frame(code, message, envelope.action, envelope.ref))
         except (LayerUnavailable, DatabaseError) as exc:
             metrics.service_error(exc)
             logger.warning("service unavailable during %r", envelope.action, exc_info=True)
             code = ErrorCode.SERVICE_UNAVAILABLE
-            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
+            await self.answer(error_frame(code, None, envelope.action, envelope.ref))
         except Exception:
             if self.closing:  # lost a race with a withdrawal: nobody to answer
                 raise
             # Our bug: logged, answered, and the socket goes on serving.
             logger.exception("action %r failed", envelope.action)
             code = ErrorCode.SERVER_ERROR
-            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
+            await self.answer(error_frame(code, None, envelope.action, envelope.ref))
 
     async def reply(self, envelope: Envelope, payload: Any, action: str | None = None) -> None:
-        await self.send_json(frame(action or envelope.action, payload, envelope.ref))
+        await self.answer(frame(action or envelope.action, payload, envelope.ref))
 
     async def close_socket(self, reason: Reason | None = None, code: int | None = None) -> bool:
         """Leave the registry, send `disconnect` REASON (if any) and close.
@@ -527,20 +577,20 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             result = await self.run_handler(spec, socket, envelope.payload)
             text = encode(frame(envelope.action, result, envelope.ref))
             if self.too_big(text):
-                # daphne will not write a frame over the limit (the socket would
-                # go quiet); a socket never gets a frame larger than it may send.
+                # daphne will not write a frame over the limit, uvicorn would: the
+                # same answer on both, with the application's bug logged.
                 raise ValueError(f"the reply is over {conf.max_frame_bytes()} bytes")
         except Withdrawn:
             return  # the socket is closing: no reply
         except realtime.ActionError as exc:
             error = error_frame(exc.code, exc.message, envelope.action, envelope.ref)
-            await self.send_json(error)
+            await self.answer(error)
             return
         except Exception:
             # The application's bug: logged here, never a traceback on the wire.
             logger.exception("action %r failed", envelope.action)
             code = ErrorCode.SERVER_ERROR
-            await self.send_json(error_frame(code, None, envelope.action, envelope.ref))
+            await self.answer(error_frame(code, None, envelope.action, envelope.ref))
             return
         await self.transmit({"type": "websocket.send", "text": text})
 

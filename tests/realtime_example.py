@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from identity import push
 from identity.realtime import ActionError, Socket, action, topic
 
 # Who may read `notes.<owner>`: the owner only (a sync rule with a parameter).
@@ -128,3 +129,17 @@ async def wait_at_gate_whatever_happens(socket: Socket, payload: Any) -> Any:
 @action("test.huge")
 async def huge(socket: Socket, payload: Any) -> Any:
     return "x" * 70_000  # over the 64 KiB frame limit once encoded
+
+
+@action("test.push_huge")
+async def push_huge(socket: Socket, payload: Any) -> Any:
+    """Server code pushing its user a frame over the 64 KiB frame limit."""
+    await push.send_to_user(socket.user.pk, "notice", "x" * 70_000)
+    return "pushed"
+
+
+@action("test.wait")
+async def wait(socket: Socket, payload: Any) -> Any:
+    """Answers after PAYLOAD seconds (a client can go meanwhile)."""
+    await asyncio.sleep(float(payload))
+    return payload
