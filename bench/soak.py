@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -45,15 +46,7 @@ import workers
 from loadgen import proc_rss_kib
 
 DATABASE = "identity_soak"
-# Short heartbeats, so the killed worker's sockets leave presence within
-# seconds of the kill, not 15 (docs/deploy.md: expiry at least 3 x interval).
-HEARTBEAT_INTERVAL, HEARTBEAT_EXPIRY = 2, 8  # seconds
-# What the client waits after the kill before it checks: the expiry, a
-# living worker's next beat (which purges the dead one's rows), a margin.
-SETTLED_AFTER_KILL = HEARTBEAT_EXPIRY + 2 * HEARTBEAT_INTERVAL + 1  # seconds
 SOAK_ENV = {
-    "IDENTITY_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
-    "IDENTITY_HEARTBEAT_EXPIRY": str(HEARTBEAT_EXPIRY),
     # Users hold two sockets, and one address plays every client: every
     # per-user and per-address limit off (bench_env turns off the others).
     "IDENTITY_MAX_CONNECTIONS_PER_USER": "0",
@@ -64,13 +57,47 @@ STAFF = "soak-staff"
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 SAMPLE_EVERY = 2.0  # seconds between RSS samples of each worker
 FLAT = 0.05  # a worker's RSS is flat if the soak's second half peaks within 5% of the first
-GHOST_STALL = SETTLED_AFTER_KILL + 5  # seconds /api/online/ may list the same users after the close
 GHOST_TIMEOUT = 180.0  # seconds for /api/online/ to empty at all
 START_TIMEOUT = 60.0  # seconds for both workers to answer
 CLIENT_SLACK = 600.0  # seconds the client may take beyond DURATION (ramp, storm, checks)
 RESULTS = run.BENCH / "results" / "soak.json"
 SECRETS = ("creds.json", "staff-token")  # in the work directory: tokens
 MIB = 1024  # KiB
+# identity.consumers' warning for a push it dropped, as identity.logs.throttled folds them.
+DROPPED = re.compile(r"is backed up: a '[^']*' push was dropped(?: \((\d+) more like it)?")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The registry heartbeat the workers run with (IDENTITY_HEARTBEAT_*), in seconds.
+
+    The production defaults unless --heartbeat says otherwise: the storm's
+    checks are about a deployment as shipped.
+    """
+
+    interval: float = 5
+    expiry: float = 15
+
+    @property
+    def settled(self) -> float:
+        """After a kill: the expiry, a living worker's next beat (its purge), a margin."""
+        return self.expiry + 2 * self.interval + 1
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "IDENTITY_HEARTBEAT_INTERVAL": f"{self.interval:g}",
+            "IDENTITY_HEARTBEAT_EXPIRY": f"{self.expiry:g}",
+        }
+
+
+def heartbeat(text: str) -> Heartbeat:
+    """--heartbeat INTERVAL,EXPIRY."""
+    interval, _, expiry = text.partition(",")
+    try:
+        return Heartbeat(float(interval), float(expiry))
+    except ValueError:
+        raise argparse.ArgumentTypeError("INTERVAL,EXPIRY in seconds, e.g. 5,15") from None
 
 
 # --- the server ----------------------------------------------------------------
@@ -181,13 +208,15 @@ def online_users(server: Server, token: str) -> list[dict[str, Any]]:
         return json.load(response)["users"]
 
 
-def ghosts_after_close(server: Server, token: str) -> tuple[list[dict[str, Any]], float]:
+def ghosts_after_close(
+    server: Server, token: str, beat: Heartbeat
+) -> tuple[list[dict[str, Any]], float]:
     """Who `/api/online/` still lists once every socket closed; when it emptied (or gave up).
 
     The workers finish the closes after the client has seen them: a list that
     still shrinks is work in progress. A ghost is a user listed when it has
-    not changed for GHOST_STALL seconds (longer than a killed process's
-    rows may count), or after GHOST_TIMEOUT.
+    not changed for longer than a killed process's rows may count, or
+    after GHOST_TIMEOUT.
     """
     started = changed = time.monotonic()
     listed: list[dict[str, Any]] = []
@@ -195,7 +224,7 @@ def ghosts_after_close(server: Server, token: str) -> tuple[list[dict[str, Any]]
         users, now = online_users(server, token), time.monotonic()
         if users != listed:
             listed, changed = users, now
-        if not users or now - changed > GHOST_STALL or now - started > GHOST_TIMEOUT:
+        if not users or now - changed > beat.settled or now - started > GHOST_TIMEOUT:
             return users, now - started
         time.sleep(0.5)
 
@@ -273,7 +302,7 @@ def client_command(args: argparse.Namespace, server: Server, creds: Path, token:
         str(run.VENV_BIN / "python"), str(run.BENCH / "soak_client.py"),
         "--url", f"ws://{run.HOST}:{server.port}/ws/", "--creds", str(creds),
         "--staff-token-file", str(token),
-        "--expiry", str(SETTLED_AFTER_KILL), "--seed", str(args.seed),
+        "--expiry", str(args.heartbeat.settled), "--seed", str(args.seed),
     ]  # fmt: skip
     for name in ("sockets", "duration"):
         if getattr(args, name) is not None:
@@ -427,6 +456,8 @@ def figure_rows(seen: Run, args: argparse.Namespace) -> list[tuple[str, str]]:
             f"{f['consistent_after_s']:.1f} s" if f["consistent_after_s"] is not None
             else "never") + f", {f['online_users']:,} users online"),
         ("close every socket", f"{f['close_s']:.1f} s"),
+        ("registry heartbeat", f"every {args.heartbeat.interval:g} s, expiry "
+                               f"{args.heartbeat.expiry:g} s"),
     ]  # fmt: skip
 
 
@@ -439,6 +470,12 @@ def log_lines(log: Path, offset: int) -> list[str]:
     except OSError:
         return []
     return [line for line in text.splitlines() if line.strip()]
+
+
+def dropped_pushes(lines: list[str]) -> int:
+    """Pushes the server says it dropped: each line, and the "N more like it" it folded in."""
+    found = (DROPPED.search(line) for line in lines)
+    return sum(1 + int(m.group(1) or 0) for m in found if m)
 
 
 def table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
@@ -463,7 +500,11 @@ def report(seen: Run, args: argparse.Namespace, log: Path) -> bool:
     checks = [*seen.result["checks"], ghost_check, mem_check]
     logged = log_lines(log, seen.log_offset)
     rows = [*figure_rows(seen, args), *mem_rows]
-    rows.append(("server log during the run", f"{len(logged)} lines (it logs at WARNING)"))
+    rows.append((
+        "server log during the run",
+        f"{len(logged)} lines (it logs at WARNING); {dropped_pushes(logged):,} pushes dropped "
+        "for sockets with 100 waiting (its `is backed up` lines)",
+    ))  # fmt: skip
     commit = run.source()["commit"] or "?"
     when = time.strftime("%Y-%m-%d %H:%M")
     print(f"\nSoak on {when}, commit {commit[:10]}, {os.cpu_count()} cores, "
@@ -498,6 +539,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sockets", type=int, help="sockets open at once")
     p.add_argument("--signal", choices=sorted(SIGNALS), default="KILL", help="for the worker")
     p.add_argument("--seed", type=int, default=secrets.randbelow(1_000_000))
+    p.add_argument(
+        "--heartbeat", type=heartbeat, default=Heartbeat(), help="INTERVAL,EXPIRY seconds (5,15)"
+    )
     args = p.parse_args(argv)
     if args.duration is not None and not 0 < args.duration <= 600:
         p.error("--duration must be in (0, 600]")
@@ -507,14 +551,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def soak(args: argparse.Namespace, profile: soak_client.Profile, workdir: Path) -> Run:
     """Prepare the database, serve, run the client, wait for /api/online/ to empty."""
     env, creds = workers.prepare(workdir, DATABASE, profile.users, prefix="soak")
-    env.update(SOAK_ENV)
+    env.update(SOAK_ENV, **args.heartbeat.env)
     password = make_staff(env)
     token_file = workdir / "staff-token"
     with serving(env, workdir / "server.log") as server:
         token = staff_token(server, password, token_file)
         cmd = client_command(args, server, creds, token_file)
         seen = drive(args, server, cmd, profile.duration)
-        seen.ghosts = ghosts_after_close(server, token)
+        seen.ghosts = ghosts_after_close(server, token, args.heartbeat)
         seen.memory.sample(server.workers(), force=True)
     return seen
 
