@@ -105,9 +105,9 @@ def heartbeat(text: str) -> Heartbeat:
 
 @dataclass
 class Server:
-    """`manage.py serve --workers 2` in a process group of its own."""
+    """`manage.py serve --workers 2`: its supervisor's PID, port and log."""
 
-    proc: subprocess.Popen[bytes]
+    pid: int
     port: int
     log: Path
 
@@ -126,28 +126,18 @@ class Server:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if f"\nPPid:\t{self.proc.pid}\n" in status and b"spawn_main" in cmdline:
+            if f"\nPPid:\t{self.pid}\n" in status and b"spawn_main" in cmdline:
                 found.append(int(entry.name))
         return sorted(found)
 
 
 @contextmanager
 def serving(env: dict[str, str], log: Path) -> Iterator[Server]:
-    """Run the server until the block ends; stopped by its process group."""
-    port = run.free_port()
-    serve = ["manage.py", "serve", "--host", run.HOST, "--port", str(port)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(run.VENV_BIN / "python"), *serve, "--workers", str(WORKERS)],
-            cwd=run.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    server = Server(proc, port, log)
-    try:
-        run.wait_listening(proc, port, log)
+    """bench/workers.py's server, once both workers answer."""
+    with workers.serving(WORKERS, env, log) as (port, pid):
+        server = Server(pid, port, log)
         wait_for_workers(server)
         yield server
-    finally:
-        stop(proc)
 
 
 def wait_for_workers(server: Server) -> None:
@@ -162,18 +152,6 @@ def wait_for_workers(server: Server) -> None:
                 pass
         time.sleep(0.2)
     raise RuntimeError(f"the workers did not start:\n{run.tail(server.log)}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the supervisor and its workers, SIGKILL them if they linger."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=run.STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=run.STOP_TIMEOUT)
 
 
 def make_staff(env: dict[str, str]) -> str:
@@ -199,15 +177,6 @@ def staff_token(server: Server, password: str, path: Path) -> str:
     return token
 
 
-def online_users(server: Server, token: str) -> list[dict[str, Any]]:
-    """`GET /api/online/`."""
-    request = urllib.request.Request(
-        server.http + "/api/online/", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)["users"]
-
-
 def ghosts_after_close(
     server: Server, token: str, beat: Heartbeat
 ) -> tuple[list[dict[str, Any]], float]:
@@ -221,7 +190,7 @@ def ghosts_after_close(
     started = changed = time.monotonic()
     listed: list[dict[str, Any]] = []
     while True:
-        users, now = online_users(server, token), time.monotonic()
+        users, now = soak_client.online_users(server.http, token), time.monotonic()
         if users != listed:
             listed, changed = users, now
         if not users or now - changed > beat.settled or now - started > GHOST_TIMEOUT:
@@ -429,6 +398,8 @@ def figure_rows(seen: Run, args: argparse.Namespace) -> list[tuple[str, str]]:
     f, p = seen.result["figures"], seen.result["figures"]["profile"]
     stable = p["sockets"] - p["churn"]
     storm = f.get("storm_s") or 0.0
+    failed = f.get("storm_errors") or {}  # attempts that failed, by exception
+    retried = f" ({', '.join(f'{n} {kind}' for kind, n in failed.items())})" if failed else ""
     return [
         ("sockets", f"{p['sockets']:,}: {stable:,} stable over {p['users'] - p['churn']:,} "
                     f"users, {p['churn']:,} churning (a user each); {p['observers']} observe "
@@ -447,10 +418,11 @@ def figure_rows(seen: Run, args: argparse.Namespace) -> list[tuple[str, str]]:
                              + (f", up {seen.replaced_after:.1f} s after"
                                 if seen.replaced_after is not None else "")),
         ("reconnect storm: every socket again", f"{f['storm_sockets']:,} re-identified "
-                                               f"{storm:.1f} s after the kill "
+                                               f"{storm:.1f} s after the kill, "
+                                               f"{p['storm_concurrency']} reconnecting at a time "
                                                f"({f['storm_rate'] or 0:,.0f} connects/s; half "
                                                f"by {f['storm_p50_s'] or 0:.1f} s; "
-                                               f"{f['storm_retries']} retries, "
+                                               f"{f['storm_retries']} retries{retried}, "
                                                f"{f['storm_failed']} never)"),
         ("presence and /api/online/ consistent", "after " + (
             f"{f['consistent_after_s']:.1f} s" if f["consistent_after_s"] is not None

@@ -570,12 +570,14 @@ class Soak:
 
     async def consistency(self, token: str) -> list[Check]:
         """Presence views and /api/online/ against the open sockets, until they agree."""
-        started, url = time.monotonic(), self.args.url
+        started = time.monotonic()
+        http = self.args.url.replace("ws", "http", 1).removesuffix("/ws/")
         while True:
             expected = self.open_users()
             views = self.view_mismatches(set(expected))
             try:
-                api_diff = diff_counts(expected, await asyncio.to_thread(api_online, url, token))
+                listed = await asyncio.to_thread(sockets_listed, http, token)
+                api_diff = diff_counts(expected, listed)
             except OSError as exc:  # urllib's errors, HTTP statuses included
                 api_diff = f"GET /api/online/ failed: {exc}"
             done = not views and not api_diff
@@ -723,15 +725,18 @@ def by_kind(counts: Counter[str]) -> str:
     return f" ({', '.join(f'{k}: {n}' for k, n in counts.most_common())})" if counts else ""
 
 
-def api_online(url: str, token: str) -> Counter[int]:
-    """Sockets per user from the staff API's `GET /api/online/`."""
-    http = url.replace("ws", "http", 1).removesuffix("/ws/")
+def online_users(http: str, token: str) -> list[dict[str, Any]]:
+    """The users of the staff API's `GET /api/online/` on the server at HTTP (a base URL)."""
     request = urllib.request.Request(
         f"{http}/api/online/", headers={"Authorization": f"Bearer {token}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        users = json.load(response)["users"]
-    return Counter({u["id"]: u["connections"] for u in users})
+        return json.load(response)["users"]
+
+
+def sockets_listed(http: str, token: str) -> Counter[int]:
+    """Sockets per user, as `GET /api/online/` lists them."""
+    return Counter({u["id"]: u["connections"] for u in online_users(http, token)})
 
 
 def diff_counts(expected: Counter[int], listed: Counter[int]) -> str:

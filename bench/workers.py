@@ -72,14 +72,17 @@ def migrate_with_users(env: dict[str, str], workdir: Path, count: int = run.USER
 
 
 @contextmanager
-def serving(workers: int, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+def serving(
+    workers: int, env: dict[str, str], log: Path | None = None
+) -> Iterator[tuple[int, int]]:
     """Run `manage.py serve --workers N` on a free port; yields (port, pid) once it listens.
 
     The server runs in a session of its own and is stopped by its process
-    group: SIGTERM reaches uvicorn's supervisor and its workers alike.
+    group: SIGTERM reaches uvicorn's supervisor and its workers alike. Its
+    output goes to LOG (a temporary file by default).
     """
     port = run.free_port()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    log = log or Path(tempfile.mkstemp(suffix=".log")[1])
     python = str(run.VENV_BIN / "python")
     serve = [python, "manage.py", "serve", "--host", run.HOST, "--port", str(port)]
     with log.open("ab") as out:
