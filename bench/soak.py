@@ -14,8 +14,10 @@ the checks as Markdown tables (also in bench/results/soak.json); exits 1 if a
 check failed.
 
 Run: .venv/bin/python bench/soak.py [--quick] [--duration 120] [--sockets 10000]
-[--signal KILL|TERM]. Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and
-Redis at 127.0.0.1:6379. Full size takes about 5 minutes, --quick about one.
+[--signal KILL|TERM] [--heartbeat 5,15] [--seed N]: TERM stops the worker
+gracefully instead; --heartbeat sets IDENTITY_HEARTBEAT_INTERVAL,_EXPIRY.
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Redis at
+127.0.0.1:6379. Full size takes 5 to 6 minutes, --quick about one.
 """
 
 from __future__ import annotations

@@ -22,11 +22,13 @@ that was identified before the `send` and stayed open until GRACE after its
 reply exactly once, and no other socket twice; each observer's presence (the
 `presence` reply, then the `online`/`offline` pushes applied in order) ends
 equal to the users this process holds open sockets of; `GET /api/online/`
-lists those users with those socket counts; no socket was dropped but those
-of the killed worker; no reply broke the protocol.
+lists those users with those socket counts; `send` said online for each
+recipient with such a socket; no socket was dropped but those of the killed
+worker; no reply broke the protocol.
 
-Bounded: every reply waits REPLY_TIMEOUT, the storm STORM_TIMEOUT, the
-consistency checks CONSISTENCY_TIMEOUT, the whole run its own deadline.
+Bounded: every reply waits REPLY_TIMEOUT, the ramp RAMP_TIMEOUT, the storm
+STORM_TIMEOUT, the consistency checks CONSISTENCY_TIMEOUT; the driver kills
+this process past its own deadline.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +195,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -787,7 +785,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         presence_pushes_per_observer=soak.presence_pushes / profile.observers,
         profile=profile.__dict__,
     )
-    return {"figures": soak.figures, "checks": [c.as_dict() for c in checks]}
+    return {"figures": soak.figures, "checks": [asdict(c) for c in checks]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
