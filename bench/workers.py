@@ -51,39 +51,47 @@ def psql(sql: str) -> None:
     subprocess.run(["psql", f"{PG}/postgres", "-qc", sql], check=True, capture_output=True)
 
 
-def prepare(workdir: Path) -> tuple[dict[str, str], Path]:
-    """A fresh bench database with the bench users; the environment and credentials."""
+def prepare(
+    workdir: Path, database: str = DATABASE, users: int = run.USER_COUNT, prefix: str = "bench"
+) -> tuple[dict[str, str], Path]:
+    """A fresh database with USERS bench users; the environment and credentials.
+
+    Channels go under PREFIX and a random suffix, so runs never hear each other.
+    """
     env = run.bench_env(secrets.token_urlsafe(32))
     env.update(
-        DATABASE_URL=f"{PG}/{DATABASE}",
+        DATABASE_URL=f"{PG}/{database}",
         REDIS_URL=REDIS_URL,
-        IDENTITY_REDIS_PREFIX=f"bench-{secrets.token_hex(4)}",
+        IDENTITY_REDIS_PREFIX=f"{prefix}-{secrets.token_hex(4)}",
         DJANGO_HTTPS="0",
     )
-    psql(f"DROP DATABASE IF EXISTS {DATABASE}")
-    psql(f"CREATE DATABASE {DATABASE}")
-    return env, migrate_with_users(env, workdir)
+    psql(f"DROP DATABASE IF EXISTS {database}")
+    psql(f"CREATE DATABASE {database}")
+    return env, migrate_with_users(env, workdir, users)
 
 
-def migrate_with_users(env: dict[str, str], workdir: Path) -> Path:
-    """Migrate the database ENV names and add the bench users; their credentials file."""
+def migrate_with_users(env: dict[str, str], workdir: Path, count: int = run.USER_COUNT) -> Path:
+    """Migrate the database ENV names and add COUNT bench users; their credentials file."""
     python = str(run.VENV_BIN / "python")
     run.run_checked([python, "manage.py", "migrate", "--noinput", "-v", "0"], env)
     creds = workdir / "creds.json"
-    users = [python, str(run.BENCH / "project_users.py"), "--count", str(run.USER_COUNT)]
+    users = [python, str(run.BENCH / "project_users.py"), "--count", str(count)]
     run.run_checked([*users, "--out", str(creds)], env)
     return creds
 
 
 @contextmanager
-def serving(workers: int, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+def serving(
+    workers: int, env: dict[str, str], log: Path | None = None
+) -> Iterator[tuple[int, int]]:
     """Run `manage.py serve --workers N` on a free port; yields (port, pid) once it listens.
 
     The server runs in a session of its own and is stopped by its process
-    group: SIGTERM reaches uvicorn's supervisor and its workers alike.
+    group: SIGTERM reaches uvicorn's supervisor and its workers alike. Its
+    output goes to LOG (a temporary file by default).
     """
     port = run.free_port()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    log = log or Path(tempfile.mkstemp(suffix=".log")[1])
     python = str(run.VENV_BIN / "python")
     serve = [python, "manage.py", "serve", "--host", run.HOST, "--port", str(port)]
     with log.open("ab") as out:
