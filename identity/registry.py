@@ -330,28 +330,46 @@ def retire() -> None:
 
 
 def purge_dead_servers() -> list[tuple[int, str]]:
-    """Delete the rows of processes whose heartbeat expired; users who went offline."""
-    # A process whose topic rows are still there waits for purge_dead_members
-    # (run first on every beat) to push their `leave`: it may have expired
-    # between that call and this one, and its delete would take them silently.
-    dead = ServerProcess.objects.filter(heartbeat_at__lt=live_cutoff()).exclude(
-        id__in=TopicMember.objects.values("server_id")
-    )
-    affected = list(
-        Connection.objects.filter(server__in=dead)
-        .values_list("user_id", "user__username")
-        .distinct()
-    )
-    gone = [(uid, name) for uid, name in affected if _purge_user_ghosts(uid)]
-    dead.delete()
-    return gone
+    """Delete the rows of processes whose heartbeat expired; users who went offline.
 
-
-def _purge_user_ghosts(user_id: int) -> bool:
+    One transaction whatever the number of rows: a killed worker leaves
+    thousands, and a purge a user at a time kept this process's single
+    database thread (its `auth`s and its own heartbeat) busy for tens of
+    seconds, long enough for its own heartbeat to expire in turn (the soak,
+    docs/deploy.md). The affected users' rows are locked together, so a
+    user's `offline` is still decided once against any `auth` of theirs.
+    """
+    cutoff = live_cutoff()
     with transaction.atomic():
-        _lock_user(user_id)
-        deleted, _ = Connection.objects.filter(user_id=user_id).exclude(live()).delete()
-        return bool(deleted) and not is_online(user_id)
+        # A process whose topic rows are still there waits for purge_dead_members
+        # (run first on every beat) to push their `leave`: it may have expired
+        # between that call and this one, and its delete would take them silently.
+        # Another living process purging the same dead one skips it.
+        dead = list(
+            ServerProcess.objects.filter(heartbeat_at__lt=cutoff)
+            .exclude(id__in=TopicMember.objects.values("server_id"))
+            # NO KEY: an `auth` inserting a row that points at it is not blocked.
+            .select_for_update(skip_locked=True, no_key=True)
+            .values_list("id", flat=True)
+        )
+        if not dead:
+            return []
+        affected = Connection.objects.filter(server_id__in=dead).values("user_id")
+        users = dict(
+            UserIdentity.objects.filter(user_id__in=affected)
+            .order_by("user_id")
+            .select_for_update(of=("self",))
+            .values_list("user_id", "user__username")
+        )
+        still = set(
+            Connection.objects.filter(live(cutoff=cutoff), user_id__in=affected).values_list(
+                "user_id", flat=True
+            )
+        )
+        # Every ghost of these users, on whichever dead process.
+        Connection.objects.filter(user_id__in=affected).exclude(live(cutoff=cutoff)).delete()
+        ServerProcess.objects.filter(id__in=dead).delete()
+    return sorted((uid, name) for uid, name in users.items() if uid not in still)
 
 
 def online_count() -> int:

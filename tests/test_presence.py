@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from identity import heartbeat, registry
-from identity.models import Connection, ServerProcess
+from identity.models import Connection, ServerProcess, UserIdentity
 from tests.conftest import access_for, adb, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -189,6 +194,36 @@ async def test_ghosts_of_a_dead_process_vanish_after_the_bound(alice, bob, conne
     assert not await adb(Connection.objects.filter(channel_name="ghost-channel").exists)()
     assert not await adb(ServerProcess.objects.filter(id="dead:1:x").exists)()
     assert await adb(ServerProcess.objects.filter(id=registry.SERVER_ID).exists)()
+
+
+LONG_AGO = "2026-01-01T00:00:00Z"
+
+
+def purge_with_ghosts(count: int, tag: str, also_live: Any) -> tuple[list[tuple[int, str]], int]:
+    """COUNT users with a socket on a dead process, ALSO_LIVE with one too; what the
+    purge returns and how many queries it took."""
+    user_model = get_user_model()
+    users = user_model.objects.bulk_create([user_model(username=f"{tag}{n}") for n in range(count)])
+    UserIdentity.objects.bulk_create([UserIdentity(user=u) for u in users])  # no signals
+    old = {"started_at": LONG_AGO, "heartbeat_at": LONG_AGO}
+    dead = ServerProcess.objects.create(id=f"dead:{tag}", **old)
+    ghost = {"server": dead, "opened_at": LONG_AGO, "authenticated_at": LONG_AGO}
+    Connection.objects.bulk_create(
+        Connection(channel_name=f"ghost-{u.pk}", user=u, **ghost) for u in [*users, also_live]
+    )
+    with CaptureQueriesContext(connection) as queries:
+        gone = registry.purge_dead_servers()
+    assert not Connection.objects.filter(server=dead).exists()
+    return gone, len(queries)
+
+
+async def test_a_dead_process_is_purged_in_the_same_queries_for_3_users_or_300(alice, connect):
+    await connect(access_for(alice))  # alive elsewhere: no offline for alice
+    few, few_queries = await adb(purge_with_ghosts)(3, "few", alice)
+    many, many_queries = await adb(purge_with_ghosts)(300, "many", alice)
+    assert [name for _, name in few] == sorted(f"few{n}" for n in range(3))
+    assert len(many) == 300 and "alice" not in {name for _, name in many}
+    assert many_queries == few_queries  # not a transaction per user
 
 
 async def test_presence_scales_with_subscribers_not_with_sockets(connect, transactional_db):
