@@ -69,7 +69,7 @@ from identity.protocol import (
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW = 10.0  # seconds over which refused frames are counted
-EVENT_BACKLOG = 100  # pushes waiting on one socket before more are dropped
+EVENT_BACKLOG = 100  # pushes waiting on one socket before more are dropped (or merged)
 # A withdrawal waits this long for the frame in hand; if that frame's handler is
 # then stuck writing to a client that does not read, it goes ahead without it.
 STUCK_AFTER = 0.5  # seconds
@@ -171,6 +171,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         self.subscribed = False
         # Whether this socket ever joined a presence topic (TopicMember rows to remove).
         self.presence_rows = False
+        # Presence and members pushes past the backlog, the latest per user (merge()).
+        self.merged: dict[str, dict[str, Any]] | None = None
         # Topic name -> its declaration, while subscribed (identity.realtime).
         self.topics: dict[str, realtime.Topic] | None = None
         self.closing = False
@@ -798,9 +800,10 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         """Take a channel-layer event; it is handled after whatever the socket is doing.
 
         A withdrawal goes ahead of every push still waiting. Past EVENT_BACKLOG
-        waiting pushes, more are dropped, and a socket whose writes are blocked
-        on a client that does not read is closed (`slow_reader`, 4408). A
-        re-check is never dropped: it is not a push but a change of rights.
+        waiting pushes, more are dropped, except presence and members pushes,
+        merged to the latest per user (merge()); a socket whose writes are
+        blocked on a client that does not read is closed (`slow_reader`, 4408).
+        A re-check is never dropped: it is not a push but a change of rights.
         """
         kind = message.get("type")
         if kind == push.DISCONNECT_EVENT:
@@ -816,7 +819,9 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
                 self.recheck_pending = True
                 self.spawn(self.handle_event(message))
         elif self.pushes is not None and len(self.pushes) >= EVENT_BACKLOG:
-            self.overflow(kind)
+            self.overflow(message)
+        elif self.merged is not None and push.MERGE in message:
+            self.merge(message)  # after the merged ones it follows, never before
         else:
             task = self.task(self.handle_event(message))
             if self.pushes is None:
@@ -824,13 +829,41 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             self.pushes.add(task)
             task.add_done_callback(self.pushes.discard)
 
-    def overflow(self, kind: Any) -> None:
+    def overflow(self, message: dict[str, Any]) -> None:
         if self.sending and not self.slow:
             self.slow = True  # one withdrawal is enough
             self.spawn(self.withdraw(Reason.SLOW_READER))
+        if push.MERGE in message:
+            self.merge(message)
+            return
+        kind = message.get("type")
         throttled(
             logger, "backlog", "%s is backed up: a %r push was dropped", self.channel_name, kind
         )
+
+    def merge(self, message: dict[str, Any]) -> None:
+        """Keep a presence or members push past the backlog: the latest per user.
+
+        A burst (a worker's thousands of users reconnecting at once) would
+        otherwise drop transitions and leave the client's list wrong for good;
+        the latest state of each user, sent once the backlog has drained,
+        leaves it right. Bounded by the users, not by the pushes.
+        """
+        if self.merged is None:
+            self.merged = {}
+            self.spawn(self.send_merged())
+        key = message[push.MERGE]
+        self.merged.pop(key, None)
+        self.merged[key] = message
+
+    async def send_merged(self) -> None:
+        async with self.lock:  # queued behind the backlog, ahead of later pushes
+            merged, self.merged = self.merged or {}, None
+            for message in merged.values():
+                try:
+                    await self.dispatch(message)
+                except Exception:
+                    logger.exception("identity event %r failed", message.get("type"))
 
     async def handle_event(self, message: dict[str, Any]) -> None:
         async with self.lock:

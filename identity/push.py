@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 DISCONNECT_EVENT = "identity.disconnect"
 PUSH_EVENT = "identity.push"
 PRESENCE_EVENT = "identity.presence"
+# The key of a push that states a user's state (presence, topic members): of
+# several with one key, the latest says all a client needs.
+MERGE = "merge"
 # A socket's answer to a withdrawal that named a `reply_to` channel.
 ACK_EVENT = "identity.withdrawn"
 # A frame for a topic's subscribers (`event`, `members`); `topic` names it.
@@ -286,7 +289,14 @@ async def push_presence(event: str, user_id: int, username: str) -> None:
     """Tell the sockets that asked `presence` that a user came or went."""
     payload = {"event": event, "user": user_payload(user_id, username)}
     await get_channel_layer().group_send(
-        PRESENCE_GROUP, {"type": PRESENCE_EVENT, "frame": frame(Action.PRESENCE, payload)}
+        PRESENCE_GROUP,
+        {
+            "type": PRESENCE_EVENT,
+            "frame": frame(Action.PRESENCE, payload),
+            # A socket past its backlog keeps the latest push per MERGE key
+            # (identity.consumers.IdentityConsumer.deliver).
+            MERGE: f"presence.{user_id}",
+        },
     )
 
 
@@ -320,7 +330,13 @@ async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | No
 async def push_members(topic: str, event: str, user_id: int, username: str) -> None:
     """Tell a presence topic's subscribers that a user joined or left it."""
     payload = members_push(topic, event, user_payload(user_id, username))
-    message = {"type": TOPIC_EVENT, "topic": topic, "text": encode(payload), "user_id": user_id}
+    message = {
+        "type": TOPIC_EVENT,
+        "topic": topic,
+        "text": encode(payload),
+        "user_id": user_id,
+        MERGE: f"members.{topic}.{user_id}",
+    }
     await _group_send(topic_group(topic), message)
 
 

@@ -62,6 +62,27 @@ async def test_events_past_the_backlog_are_dropped_not_piled_up(alice, connect, 
     await client.assert_silent()
 
 
+async def test_presence_past_the_backlog_is_merged_to_each_users_latest_state(alice, connect, gate):
+    client = await connect(access_for(alice))
+    await client.request("presence")
+    await client.send("test.gate", None, ref="g")  # holds the socket
+    await asyncio.wait_for(gate.entered.wait(), 3)
+    truth: dict[int, str] = {}
+    events = [("online", n) for n in range(150)] + [("offline", n) for n in (*range(100, 150), 3)]
+    for event, n in events:  # 100 wait, the rest overflow
+        await push.push_presence(event, 1000 + n, f"user{n}")
+        truth[1000 + n] = event
+    gate.opened.set()
+    assert (await client.receive())["ref"] == "g"
+    seen: dict[int, str] = {}
+    # The 100 that waited, then one per user of the 101 that overflowed (51 users).
+    for _ in range(consumers.EVENT_BACKLOG + 51):
+        frame = await client.receive()
+        seen[frame["payload"]["user"]["id"]] = frame["payload"]["event"]
+    await client.assert_silent()
+    assert seen == truth  # every user's last word, though 201 pushes met a backlog of 100
+
+
 async def test_a_withdrawal_goes_ahead_of_the_pushes_waiting_on_a_backed_up_socket(
     alice, bob, connect, stalled_presence, monkeypatch
 ):
