@@ -96,8 +96,15 @@ def _ensure_server() -> None:
     _server_row_exists = True
 
 
-def register(user_id: int, info: SocketInfo) -> bool:
-    """Record an authenticated socket; True if it is the user's first live one."""
+def register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
+    """Record an authenticated socket: (the user's first live one?, did it replace ghosts?).
+
+    Ghosts are the user's rows on a dead process that no heartbeat purged yet.
+    A socket that listed presence before that process died saw the user
+    online and never saw them go; one that listed it after did not see them
+    at all. So a first socket that replaces ghosts is pushed as `offline` and
+    then `online` (identity.sessions), and both kinds of subscriber end right.
+    """
     global _server_row_exists
     if not _server_row_exists:
         _ensure_server()
@@ -111,7 +118,7 @@ def register(user_id: int, info: SocketInfo) -> bool:
         return _register(user_id, info)
 
 
-def _register(user_id: int, info: SocketInfo) -> bool:
+def _register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
     values = {
         "channel_name": info.channel_name,
         "user": user_id,
@@ -135,8 +142,7 @@ def _register(user_id: int, info: SocketInfo) -> bool:
         raise ConnectionLimit(
             f"This user already has {done.alive} open connection(s), the limit; close one first."
         )
-    # Ghosts were still "online" to subscribers, who never saw them go.
-    return done.alive == 0 and not done.ghosts
+    return done.alive == 0, done.alive == 0 and done.ghosts > 0
 
 
 def _register_steps(
@@ -181,8 +187,11 @@ def leave(channel_name: str, user_id: int, presence: bool) -> tuple[bool, list[s
         return deleted and not sql.has_live_connection(user_id, live_cutoff()), left
 
 
-def join_topic(user_id: int, channel_name: str, topic: str) -> tuple[bool, list[tuple[int, str]]]:
-    """Record a socket in a presence topic: (the user's first live socket there?, members).
+def join_topic(
+    user_id: int, channel_name: str, topic: str
+) -> tuple[bool, bool, list[tuple[int, str]]]:
+    """Record a socket in a presence topic: (the user's first live socket there?,
+    did it replace ghosts?, members), ghosts as for `register`: `leave` then `join`.
 
     Members are the (id, username) of users with a live socket in the topic,
     this one included, by username.
@@ -195,15 +204,13 @@ def join_topic(user_id: int, channel_name: str, topic: str) -> tuple[bool, list[
         cutoff = live_cutoff()
         mine = TopicMember.objects.filter(topic=topic, user_id=user_id)
         alive = mine.filter(live(cutoff=cutoff)).count()
-        # Rows of a dead process: subscribers saw their join and not yet their
-        # leave (the heartbeat's purge pushes it), so this is no new join.
-        ghosts = mine.exclude(live(cutoff=cutoff)).delete()[0]
+        ghosts = mine.exclude(live(cutoff=cutoff)).delete()[0]  # a dead process's rows
         TopicMember.objects.get_or_create(
             topic=topic,
             channel_name=channel_name,
             defaults={"user_id": user_id, "server_id": SERVER_ID},
         )
-        return alive == 0 and not ghosts, topic_members(topic, cutoff)
+        return alive == 0, alive == 0 and ghosts > 0, topic_members(topic, cutoff)
 
 
 def leave_topic(user_id: int, channel_name: str, topic: str) -> bool:

@@ -52,10 +52,11 @@ def hop(func: Callable[P, R]) -> Callable[P, Any]:
 
 
 @hop
-def _open(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken, bool]:
+def _open(
+    raw: Any, info: registry.SocketInfo
+) -> tuple[Any, tokens.VerifiedToken, tuple[bool, bool]]:
     user, token = tokens.authenticate(raw)
-    first = registry.register(user.pk, info)
-    return user, token, first
+    return user, token, registry.register(user.pk, info)
 
 
 _unregister = hop(registry.unregister)
@@ -65,16 +66,19 @@ _leave = hop(registry.leave)
 async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens.VerifiedToken]:
     """Authenticate an anonymous socket, record it and join its user's group.
 
-    Pushes `online` if it is the user's first socket. If the channel layer is
-    down the registration is undone and ServiceUnavailable raised.
+    Pushes `online` if it is the user's first socket (`offline` first if it
+    replaced the ghosts of a dead process: registry.register). If the channel
+    layer is down the registration is undone and ServiceUnavailable raised.
     """
-    user, token, first = await _open(raw, info)
+    user, token, (first, after_ghosts) = await _open(raw, info)
     try:
         await get_channel_layer().group_add(push.user_group(user.pk), info.channel_name)
     except LayerUnavailable as exc:
         await _unregister(info.channel_name, user.pk)
         raise ServiceUnavailable() from exc
     if first:
+        if after_ghosts:
+            await best_effort(push.push_presence("offline", user.pk, user.get_username()))
         await best_effort(push.push_presence("online", user.pk, user.get_username()))
     return user, token
 
@@ -143,13 +147,15 @@ async def join_topic(
     if not presence:
         return None
     try:
-        first, members = await database_sync_to_async(registry.join_topic)(
+        first, after_ghosts, members = await database_sync_to_async(registry.join_topic)(
             user_id, channel_name, topic
         )
     except BaseException:
         await get_channel_layer().group_discard(push.topic_group(topic), channel_name)
         raise
     if first:
+        if after_ghosts:  # as for `online` (registry.register)
+            await best_effort(push.push_members(topic, "leave", user_id, username))
         await best_effort(push.push_members(topic, "join", user_id, username))
     return [user_payload(uid, name) for uid, name in members]
 

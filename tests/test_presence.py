@@ -199,6 +199,30 @@ async def test_ghosts_of_a_dead_process_vanish_after_the_bound(alice, bob, conne
 LONG_AGO = "2026-01-01T00:00:00Z"
 
 
+async def test_a_user_back_before_the_purge_is_pushed_offline_then_online(
+    alice, bob, connect, settings
+):
+    # A watcher that listed presence after bob's process died never saw bob;
+    # one that listed it before never saw him go. offline + online serves both.
+    settings.IDENTITY_HEARTBEAT_EXPIRY = 5
+    dead = await adb(ServerProcess.objects.create)(
+        id="dead:3:x", started_at=LONG_AGO, heartbeat_at=LONG_AGO
+    )
+    await adb(Connection.objects.create)(
+        channel_name="bob-ghost", user=bob, server=dead,
+        opened_at=LONG_AGO, authenticated_at=LONG_AGO,
+    )  # fmt: skip
+    watcher = await connect(access_for(alice))
+    assert online(await watcher.request("presence")) == {"alice": 1}  # bob's ghost: not live
+    await connect(access_for(bob))
+    bob_dict = {"id": bob.pk, "username": "bob"}
+    assert (await watcher.receive())["payload"] == {"event": "offline", "user": bob_dict}
+    assert (await watcher.receive())["payload"] == {"event": "online", "user": bob_dict}
+    assert not await adb(Connection.objects.filter(channel_name="bob-ghost").exists)()
+    await heartbeat.beat_once()  # nothing left for the purge to push
+    await watcher.assert_silent()
+
+
 def purge_with_ghosts(count: int, tag: str, also_live: Any) -> tuple[list[tuple[int, str]], int]:
     """COUNT users with a socket on a dead process, ALSO_LIVE with one too; what the
     purge returns and how many queries it took."""

@@ -13,7 +13,7 @@ from django.test import override_settings
 
 import tests.realtime_example  # noqa: F401  (the topics below)
 from identity import push, registry
-from identity.models import TopicMember
+from identity.models import ServerProcess, TopicMember
 from tests.conftest import access_for, adb, grant, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -377,6 +377,21 @@ async def test_a_subscriber_is_a_member_while_its_own_heartbeat_is_late(alice, c
     reply = await subscribe(client, "room.lobby", ref="r")
     assert reply["payload"]["members"] == [user_of(alice)]
     assert (await client.request("ping", None, ref="p"))["ref"] == "p"  # still serving
+
+
+async def test_a_member_back_before_the_purge_is_pushed_leave_then_join(alice, bob, connect):
+    old = "2026-01-01T00:00:00Z"
+    dead = await adb(ServerProcess.objects.create)(id="dead:t", started_at=old, heartbeat_at=old)
+    await adb(TopicMember.objects.create)(
+        topic="room.lobby", channel_name="bob-ghost", user=bob, server=dead
+    )
+    watcher = await connect(access_for(alice))
+    assert (await subscribe(watcher, "room.lobby"))["payload"]["members"] == [user_of(alice)]
+    await subscribe(await connect(access_for(bob)), "room.lobby")
+    for event in ("leave", "join"):
+        pushed = {"topic": "room.lobby", "event": event, "user": user_of(bob)}
+        assert await watcher.receive() == {"action": "members", "payload": pushed}
+    assert not await adb(TopicMember.objects.filter(channel_name="bob-ghost").exists)()
 
 
 async def test_the_socket_sees_its_subscriptions_in_an_action(alice, connect):
