@@ -809,8 +809,8 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
         if kind == push.DISCONNECT_EVENT:
             reason = Reason(message["reason"])
             self.spawn(self.withdraw(reason, message.get("reply_to")))
-        elif self.closing:
-            pass  # the socket is going: nothing more is written to it
+        elif self.closing or (kind == push.PRESENCE_EVENT and push.is_stale(message)):
+            pass  # the socket is going, or a newer push about that user came first
         elif kind == push.RECHECK_EVENT:
             # Outside the backlog, or a full queue would keep a forbidden topic
             # open. One waiting re-check reads the rights when it runs, so it

@@ -114,9 +114,9 @@ async def beat_once() -> None:
             await push.push_members(topic, "leave", user_id, username)
         except Exception:
             logger.warning("could not push leave of %s for user %s", topic, user_id, exc_info=True)
-    for user_id, username in gone:
+    for user_id, username, version in gone:
         try:
-            await push.push_presence("offline", user_id, username)
+            await push.push_presence("offline", user_id, username, version)
         except Exception:
             logger.warning("could not push offline for user %s", user_id, exc_info=True)
 

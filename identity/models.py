@@ -21,6 +21,10 @@ class UserIdentity(models.Model):
     )
     # Tokens whose `iat` (whole seconds) is at or before this are refused.
     tokens_revoked_at = models.BigIntegerField(null=True, blank=True)
+    # Bumped under the row's lock at each `online`/`offline` on PostgreSQL: two
+    # processes' pushes for one user can reach Redis out of the order their
+    # transactions took, and a receiving process drops the older (identity.push).
+    presence_version = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name = "identity state"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 from collections import Counter
 from typing import Any
@@ -285,8 +286,14 @@ async def online_users() -> list[registry.OnlineUser]:
     return await database_sync_to_async(registry.online_users)()
 
 
-async def push_presence(event: str, user_id: int, username: str) -> None:
-    """Tell the sockets that asked `presence` that a user came or went."""
+async def push_presence(
+    event: str, user_id: int, username: str, version: int | None = None
+) -> None:
+    """Tell the sockets that asked `presence` that a user came or went.
+
+    VERSION orders one user's pushes as the registry decided them
+    (identity.registry.Arrival); None for a push that needs no order.
+    """
     payload = {"event": event, "user": user_payload(user_id, username)}
     await get_channel_layer().group_send(
         PRESENCE_GROUP,
@@ -296,8 +303,40 @@ async def push_presence(event: str, user_id: int, username: str) -> None:
             # A socket past its backlog keeps the latest push per MERGE key
             # (identity.consumers.IdentityConsumer.deliver).
             MERGE: f"presence.{user_id}",
+            "user_id": user_id,
+            "version": version,
         },
     )
+
+
+# The latest presence version each user's pushes reached this process with,
+# the most recent users last; a few seconds' worth is all an out-of-order push
+# needs, so the oldest half goes past SEEN_USERS.
+_seen_versions: dict[int, int] = {}
+SEEN_USERS = 100_000
+
+
+def is_stale(message: dict[str, Any]) -> bool:
+    """Whether a presence push is older than one this process already delivered.
+
+    Two processes publish one user's `online` and `offline` after their
+    transactions commit, so Redis can carry them in the other order; every
+    process reads the same order, and each drops the older here, once for all
+    its sockets.
+    """
+    version = message.get("version")
+    if version is None:
+        return False
+    user_id = message["user_id"]
+    latest = _seen_versions.pop(user_id, None)
+    if latest is not None and version < latest:
+        _seen_versions[user_id] = latest
+        return True
+    _seen_versions[user_id] = version
+    if len(_seen_versions) > SEEN_USERS:
+        for old in list(itertools.islice(_seen_versions, SEEN_USERS // 2)):
+            del _seen_versions[old]
+    return False
 
 
 async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | None = None) -> None:

@@ -21,9 +21,10 @@ import secrets
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from identity import conf, sql
@@ -54,6 +55,22 @@ class SocketInfo:
     opened_at: datetime
     remote_addr: str = ""
     user_agent: str = ""
+
+
+class Arrival(NamedTuple):
+    """What `register` decided, under the user's lock."""
+
+    first: bool  # the user's first live socket: `online`
+    after_ghosts: bool  # it replaced a dead process's rows: `offline` before `online`
+    version: int | None  # that `online`'s version, the `offline` one less (PostgreSQL)
+
+
+class Departure(NamedTuple):
+    """What `leave` decided, under the user's lock."""
+
+    last: bool  # the user's last live socket: `offline`
+    left: list[str]  # the presence topics the user left
+    version: int | None  # that `offline`'s version (PostgreSQL)
 
 
 def live_cutoff() -> datetime:
@@ -96,8 +113,8 @@ def _ensure_server() -> None:
     _server_row_exists = True
 
 
-def register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
-    """Record an authenticated socket: (the user's first live one?, did it replace ghosts?).
+def register(user_id: int, info: SocketInfo) -> Arrival:
+    """Record an authenticated socket: is it the user's first live one, did it replace ghosts?
 
     Ghosts are the user's rows on a dead process that no heartbeat purged yet.
     A socket that listed presence before that process died saw the user
@@ -118,7 +135,7 @@ def register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
         return _register(user_id, info)
 
 
-def _register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
+def _register(user_id: int, info: SocketInfo) -> Arrival:
     values = {
         "channel_name": info.channel_name,
         "user": user_id,
@@ -142,7 +159,7 @@ def _register(user_id: int, info: SocketInfo) -> tuple[bool, bool]:
         raise ConnectionLimit(
             f"This user already has {done.alive} open connection(s), the limit; close one first."
         )
-    return done.alive == 0, done.alive == 0 and done.ghosts > 0
+    return Arrival(done.alive == 0, done.alive == 0 and done.ghosts > 0, done.version)
 
 
 def _register_steps(
@@ -167,11 +184,11 @@ def unregister(channel_name: str, user_id: int) -> bool:
     False too when the socket was not registered (never was, or its user was
     deleted and the row went with them).
     """
-    return leave(channel_name, user_id, presence=False)[0]
+    return leave(channel_name, user_id, presence=False).last
 
 
-def leave(channel_name: str, user_id: int, presence: bool) -> tuple[bool, list[str]]:
-    """Forget a socket: (its user's last socket?, presence topics the user left).
+def leave(channel_name: str, user_id: int, presence: bool) -> Departure:
+    """Forget a socket: is it its user's last, which presence topics did the user leave?
 
     With PRESENCE (the socket ever joined a presence topic) its topic rows go
     too, whichever topics the socket still counts as its own: a row whose
@@ -179,12 +196,13 @@ def leave(channel_name: str, user_id: int, presence: bool) -> tuple[bool, list[s
     left when this was the user's last live socket in it.
     """
     if sql.in_one_call():
-        return sql.leave_call(channel_name, user_id, presence, live_cutoff())
+        return Departure(*sql.leave_call(channel_name, user_id, presence, live_cutoff()))
     with transaction.atomic():
         _lock_user(user_id, create=False)
         left = _leave_topics(channel_name, user_id) if presence else []
         deleted = sql.delete_connection(channel_name)
-        return deleted and not sql.has_live_connection(user_id, live_cutoff()), left
+        last = deleted and not sql.has_live_connection(user_id, live_cutoff())
+        return Departure(last, left, None)
 
 
 def join_topic(
@@ -308,11 +326,11 @@ def is_online(user_id: int) -> bool:
     return sql.has_live_connection(user_id, live_cutoff())
 
 
-def heartbeat() -> list[tuple[int, str]]:
+def heartbeat() -> list[tuple[int, str, int]]:
     """Vouch for this process's sockets, purge dead processes.
 
-    Returns the (id, username) of users whose last socket went with a dead
-    process, so the caller can push `offline` for them.
+    Returns the (id, username, version) of users whose last socket went with
+    a dead process, so the caller can push `offline` for them.
     """
     now = timezone.now()
     ServerProcess.objects.update_or_create(
@@ -336,8 +354,9 @@ def retire() -> None:
     ServerProcess.objects.filter(id=SERVER_ID).update(heartbeat_at=RETIRED)
 
 
-def purge_dead_servers() -> list[tuple[int, str]]:
-    """Delete the rows of processes whose heartbeat expired; users who went offline.
+def purge_dead_servers() -> list[tuple[int, str, int]]:
+    """Delete the rows of processes whose heartbeat expired; users who went offline,
+    as (id, username, version of their `offline`).
 
     One transaction whatever the number of rows: a killed worker leaves
     thousands, and a purge a user at a time kept this process's single
@@ -376,7 +395,11 @@ def purge_dead_servers() -> list[tuple[int, str]]:
         # Every ghost of these users, on whichever dead process.
         Connection.objects.filter(user_id__in=affected).exclude(live(cutoff=cutoff)).delete()
         ServerProcess.objects.filter(id__in=dead).delete()
-    return sorted((uid, name) for uid, name in users.items() if uid not in still)
+        gone = [uid for uid in users if uid not in still]
+        bumped = UserIdentity.objects.filter(user_id__in=gone)
+        bumped.update(presence_version=F("presence_version") + 1)
+        versions = dict(bumped.values_list("user_id", "presence_version"))
+    return sorted((uid, users[uid], versions[uid]) for uid in gone)
 
 
 def online_count() -> int:

@@ -54,7 +54,7 @@ def hop(func: Callable[P, R]) -> Callable[P, Any]:
 @hop
 def _open(
     raw: Any, info: registry.SocketInfo
-) -> tuple[Any, tokens.VerifiedToken, tuple[bool, bool]]:
+) -> tuple[Any, tokens.VerifiedToken, registry.Arrival]:
     user, token = tokens.authenticate(raw)
     return user, token, registry.register(user.pk, info)
 
@@ -70,16 +70,18 @@ async def open_session(raw: Any, info: registry.SocketInfo) -> tuple[Any, tokens
     replaced the ghosts of a dead process: registry.register). If the channel
     layer is down the registration is undone and ServiceUnavailable raised.
     """
-    user, token, (first, after_ghosts) = await _open(raw, info)
+    user, token, arrival = await _open(raw, info)
     try:
         await get_channel_layer().group_add(push.user_group(user.pk), info.channel_name)
     except LayerUnavailable as exc:
         await _unregister(info.channel_name, user.pk)
         raise ServiceUnavailable() from exc
-    if first:
-        if after_ghosts:
-            await best_effort(push.push_presence("offline", user.pk, user.get_username()))
-        await best_effort(push.push_presence("online", user.pk, user.get_username()))
+    if arrival.first:
+        name, version = user.get_username(), arrival.version
+        if arrival.after_ghosts:
+            gone = None if version is None else version - 1
+            await best_effort(push.push_presence("offline", user.pk, name, gone))
+        await best_effort(push.push_presence("online", user.pk, name, version))
     return user, token
 
 
@@ -127,7 +129,7 @@ async def close_session(
         # Pushes to a channel nobody reads are dropped; nothing else to undo.
         logger.warning("channel layer unavailable: %s left its groups late", channel_name)
     try:
-        last, left = await _leave(channel_name, user_id, presence)
+        last, left, version = await _leave(channel_name, user_id, presence)
     except Exception as exc:
         metrics.service_error(exc)
         # The socket is going anyway; the heartbeat expiry cleans up after us.
@@ -136,7 +138,7 @@ async def close_session(
     for topic in left:
         await best_effort(push.push_members(topic, "leave", user_id, username))
     if last:
-        await best_effort(push.push_presence("offline", user_id, username))
+        await best_effort(push.push_presence("offline", user_id, username, version))
 
 
 async def join_topic(

@@ -226,6 +226,7 @@ class Registered:
     alive: int  # the user's live sockets before this one
     ghosts: int  # their rows of dead processes, now deleted
     inserted: bool  # False when IDENTITY_MAX_CONNECTIONS_PER_USER refused it
+    version: int | None = None  # of the `online` it causes (PostgreSQL only)
 
 
 def register_call(values: dict[str, Any], live_since: datetime, limit: int) -> Registered | None:
@@ -236,28 +237,29 @@ def register_call(values: dict[str, Any], live_since: datetime, limit: int) -> R
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT o_alive, o_ghosts, o_inserted"
+            "SELECT o_alive, o_ghosts, o_inserted, o_version"
             " FROM identity_register(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [*_insert_params(values), _when(live_since), limit],
         )
-        alive, ghosts, inserted = cursor.fetchone()
-    return None if alive is None else Registered(alive, ghosts, inserted)
+        alive, ghosts, inserted, version = cursor.fetchone()
+    return None if alive is None else Registered(alive, ghosts, inserted, version)
 
 
 def leave_call(
     channel_name: str, user_id: int, presence: bool, live_since: datetime
-) -> tuple[bool, list[str]]:
+) -> tuple[bool, list[str], int | None]:
     """Forget a socket, and with PRESENCE its topic rows, in one round trip (identity_leave).
 
-    (Was it the user's last live socket?, the topics it was their last live socket in.)
+    (Was it the user's last live socket?, the topics it was their last live
+    socket in, the version of the `offline` it causes.)
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT o_last, o_left FROM identity_leave(%s, %s, %s, %s)",
+            "SELECT o_last, o_left, o_version FROM identity_leave(%s, %s, %s, %s)",
             [channel_name, user_id, presence, _when(live_since)],
         )
-        last, left = cursor.fetchone()
-    return bool(last), sorted(left)
+        last, left, version = cursor.fetchone()
+    return bool(last), sorted(left), version
 
 
 def has_live_connection(user_id: int, live_since: datetime) -> bool:

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from identity import heartbeat, registry
+from identity import heartbeat, push, registry
 from identity.models import Connection, ServerProcess, UserIdentity
 from tests.conftest import access_for, adb, make_user
 
@@ -223,6 +223,37 @@ async def test_a_user_back_before_the_purge_is_pushed_offline_then_online(
     await watcher.assert_silent()
 
 
+async def test_an_older_presence_push_that_arrives_late_is_dropped(alice, connect):
+    # Two processes' pushes for one user can reach Redis in the other order
+    # than their transactions: the registry's version puts them back.
+    watcher = await connect(access_for(alice))
+    other = await connect(access_for(alice))
+    for client in (watcher, other):
+        await client.request("presence")
+    await push.push_presence("online", 4242, "carol", version=6)
+    await push.push_presence("offline", 4242, "carol", version=5)  # decided before, came after
+    await push.push_presence("offline", 4242, "carol", version=7)
+    await push.push_presence("online", 4242, "carol")  # no version: never dropped
+    for client in (watcher, other):
+        events = [(await client.receive())["payload"]["event"] for _ in range(3)]
+        assert events == ["online", "offline", "online"]
+        await client.assert_silent()
+
+
+async def test_the_registry_versions_a_users_presence_on_postgresql(alice, bob, connect):
+    if connection.vendor != "postgresql":
+        pytest.skip("versions come from the PostgreSQL functions (make test-services runs it)")
+    watcher = await connect(access_for(alice))
+    await watcher.request("presence")
+    for _ in range(2):
+        client = await connect(access_for(bob))
+        await client.close()
+    seen = [await watcher.receive() for _ in range(4)]
+    assert [f["payload"]["event"] for f in seen] == ["online", "offline"] * 2
+    row = await adb(UserIdentity.objects.get)(user=bob)
+    assert row.presence_version == 2 + 1 + 2 + 1  # online +2 (room for an offline), offline +1
+
+
 def purge_with_ghosts(count: int, tag: str, also_live: Any) -> tuple[list[tuple[int, str]], int]:
     """COUNT users with a socket on a dead process, ALSO_LIVE with one too; what the
     purge returns and how many queries it took."""
@@ -245,8 +276,9 @@ async def test_a_dead_process_is_purged_in_the_same_queries_for_3_users_or_300(a
     await connect(access_for(alice))  # alive elsewhere: no offline for alice
     few, few_queries = await adb(purge_with_ghosts)(3, "few", alice)
     many, many_queries = await adb(purge_with_ghosts)(300, "many", alice)
-    assert [name for _, name in few] == sorted(f"few{n}" for n in range(3))
-    assert len(many) == 300 and "alice" not in {name for _, name in many}
+    assert [name for _, name, _ in few] == sorted(f"few{n}" for n in range(3))
+    assert len(many) == 300 and "alice" not in {name for _, name, _ in many}
+    assert {version for _, _, version in many} == {1}  # each user's offline, versioned
     assert many_queries == few_queries  # not a transaction per user
 
 

@@ -15,7 +15,7 @@ CREATE OR REPLACE FUNCTION identity_register(
     p_channel varchar, p_user identity_connection.user_id%TYPE,
     p_server varchar, p_opened timestamptz, p_now timestamptz,
     p_addr varchar, p_agent varchar, p_cutoff timestamptz, p_limit integer,
-    OUT o_alive integer, OUT o_ghosts integer, OUT o_inserted boolean)
+    OUT o_alive integer, OUT o_ghosts integer, OUT o_inserted boolean, OUT o_version bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM identity_useridentity WHERE user_id = p_user FOR UPDATE;
@@ -36,6 +36,10 @@ BEGIN
         INSERT INTO identity_connection (channel_name, user_id, server_id, opened_at,
                                          authenticated_at, remote_addr, user_agent)
         VALUES (p_channel, p_user, p_server, p_opened, p_now, p_addr, p_agent);
+        IF o_alive = 0 THEN  -- `online` (after `offline` when it replaced ghosts): a version each
+            UPDATE identity_useridentity SET presence_version = presence_version + 2
+             WHERE user_id = p_user RETURNING presence_version INTO o_version;
+        END IF;
     END IF;
 END $$;
 """
@@ -44,7 +48,7 @@ LEAVE = """
 CREATE OR REPLACE FUNCTION identity_leave(
     p_channel varchar, p_user identity_connection.user_id%TYPE,
     p_presence boolean, p_cutoff timestamptz,
-    OUT o_last boolean, OUT o_left varchar[])
+    OUT o_last boolean, OUT o_left varchar[], OUT o_version bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_held varchar[];
@@ -68,6 +72,10 @@ BEGIN
     o_last := FOUND AND NOT EXISTS (
         SELECT 1 FROM identity_connection c JOIN identity_serverprocess s ON s.id = c.server_id
          WHERE c.user_id = p_user AND s.heartbeat_at >= p_cutoff);
+    IF o_last THEN  -- `offline`
+        UPDATE identity_useridentity SET presence_version = presence_version + 1
+         WHERE user_id = p_user RETURNING presence_version INTO o_version;
+    END IF;
 END $$;
 """
 
@@ -96,6 +104,11 @@ class Migration(migrations.Migration):
     dependencies = [("identity", "0004_topics")]
 
     operations = [
+        migrations.AddField(
+            model_name="useridentity",
+            name="presence_version",
+            field=models.BigIntegerField(default=0),
+        ),
         migrations.AddIndex(
             model_name="topicmember",
             index=models.Index(fields=["channel_name"], name="identity_to_channel_e973bc_idx"),
