@@ -21,9 +21,10 @@ import atexit
 import logging
 import weakref
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.layers import get_channel_layer
 
 from identity import conf, counters, metrics, push, registry, relay
@@ -39,6 +40,18 @@ _tasks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# The heartbeat's own thread (and so its own database connection): on the
+# sockets' database thread it waited behind every queued `auth`, and in a
+# reconnect storm of thousands it came late enough for the other processes to
+# take this one for dead and purge its live sockets (the soak, docs/deploy.md).
+_beat_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identity-heartbeat")
+
+
+def on_beat_thread(func: Callable[[], Any]) -> Callable[[], Coroutine[Any, Any, Any]]:
+    """FUNC to await on the heartbeat's thread, stale connections closed around it."""
+    return DatabaseSyncToAsync(func, thread_sensitive=False, executor=_beat_thread)
 
 
 def ensure_running() -> None:
@@ -98,15 +111,15 @@ async def beat_once() -> None:
     try:
         # Before the heartbeat's purge of dead processes, which would take
         # their topic rows without a `leave`.
-        left = await database_sync_to_async(registry.purge_dead_members)()
-        gone = await database_sync_to_async(registry.heartbeat)()
-        await database_sync_to_async(relay.purge_stale)()
+        left = await on_beat_thread(registry.purge_dead_members)()
+        gone = await on_beat_thread(registry.heartbeat)()
+        await on_beat_thread(relay.purge_stale)()
     except Exception:
         # A database outage must not kill the loop; the next beat retries.
         logger.warning("identity heartbeat failed", exc_info=True)
         return
     try:
-        await database_sync_to_async(counters.flush)()
+        await on_beat_thread(counters.flush)()
     except Exception:
         logger.warning("could not flush the connect counters", exc_info=True)
     for user_id, username, topic in left:

@@ -387,13 +387,15 @@ def purge_dead_servers() -> list[tuple[int, str, int]]:
             .select_for_update(of=("self",))
             .values_list("user_id", "user__username")
         )
+        # Only the processes locked above are this purge's: a late one it
+        # skipped (another purger's, or one writing its heartbeat right now)
+        # keeps its rows, and its users stay online.
         still = set(
-            Connection.objects.filter(live(cutoff=cutoff), user_id__in=affected).values_list(
-                "user_id", flat=True
-            )
+            Connection.objects.filter(user_id__in=affected)
+            .exclude(server_id__in=dead)
+            .values_list("user_id", flat=True)
         )
-        # Every ghost of these users, on whichever dead process.
-        Connection.objects.filter(user_id__in=affected).exclude(live(cutoff=cutoff)).delete()
+        Connection.objects.filter(server_id__in=dead).delete()
         ServerProcess.objects.filter(id__in=dead).delete()
         gone = [uid for uid in users if uid not in still]
         bumped = UserIdentity.objects.filter(user_id__in=gone)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -252,6 +254,29 @@ async def test_the_registry_versions_a_users_presence_on_postgresql(alice, bob, 
     assert [f["payload"]["event"] for f in seen] == ["online", "offline"] * 2
     row = await adb(UserIdentity.objects.get)(user=bob)
     assert row.presence_version == 2 + 1 + 2 + 1  # online +2 (room for an offline), offline +1
+
+
+async def test_the_heartbeat_beats_while_the_sockets_database_thread_is_busy(alice, connect):
+    # In a reconnect storm thousands of `auth`s queue on that thread; a
+    # heartbeat behind them came late enough for the others to purge us.
+    await connect(access_for(alice))
+    await adb(ServerProcess.objects.filter(id=registry.SERVER_ID).update)(heartbeat_at=LONG_AGO)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(adb(hold)())  # the sockets' thread, held
+    try:
+        assert await asyncio.to_thread(entered.wait, 3)
+        await asyncio.wait_for(heartbeat.beat_once(), 3)
+        assert not busy.done()
+    finally:
+        release.set()
+        await busy
+    beat = await adb(ServerProcess.objects.get)(id=registry.SERVER_ID)
+    assert beat.heartbeat_at.year > 2026 - 1
 
 
 def purge_with_ghosts(count: int, tag: str, also_live: Any) -> tuple[list[tuple[int, str]], int]:
