@@ -565,6 +565,7 @@ class IdentityConsumer(AsyncJsonWebsocketConsumer):
             await sessions.subscribe_presence(self.channel_name)
             self.subscribed = True
         users = await push.online_users()
+        push.listed(users)
         await self.reply(envelope, {"users": [u.as_dict() for u in users]})
 
     # --- application actions and topics (identity.realtime) --------------------

@@ -339,6 +339,19 @@ def is_stale(message: dict[str, Any]) -> bool:
     return False
 
 
+def listed(users: list[registry.OnlineUser]) -> None:
+    """A `presence` list was read: a push older than a user's version in it is stale.
+
+    Without this a process that had no presence subscriber when a user's
+    newer push passed (a worker just started) would take an older one that
+    arrives after the list for news.
+    """
+    for user in users:
+        if user.version > _seen_versions.get(user.id, 0):
+            _seen_versions.pop(user.id, None)
+            _seen_versions[user.id] = user.version
+
+
 async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | None = None) -> None:
     """Push `event` EVENT with DATA to every socket subscribed to TOPIC, on every process.
 

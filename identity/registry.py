@@ -41,6 +41,7 @@ class OnlineUser:
     id: int
     username: str
     connections: int
+    version: int = 0  # of the user's latest presence push (identity.push.is_stale)
 
     def as_dict(self) -> dict[str, object]:
         """The wire form: `{"id", "username", "connections"}`."""
@@ -299,11 +300,19 @@ def online_users() -> list[OnlineUser]:
     """Every user with a live socket, with their socket count, by username."""
     rows = (
         live_connections()
-        .values("user_id", "user__username")
+        .values("user_id", "user__username", "user__identity__presence_version")
         .annotate(connections=Count("channel_name"))
         .order_by("user__username")
     )
-    return [OnlineUser(r["user_id"], r["user__username"], r["connections"]) for r in rows]
+    return [
+        OnlineUser(
+            r["user_id"],
+            r["user__username"],
+            r["connections"],
+            r["user__identity__presence_version"] or 0,
+        )
+        for r in rows
+    ]
 
 
 def user_connections(user_id: int) -> list[Connection]:

@@ -279,6 +279,18 @@ async def test_the_heartbeat_beats_while_the_sockets_database_thread_is_busy(ali
     assert beat.heartbeat_at.year > 2026 - 1
 
 
+async def test_a_push_older_than_the_presence_list_is_dropped(alice, bob, connect, monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("versions come from the PostgreSQL functions (make test-services runs it)")
+    monkeypatch.setattr(push, "_seen_versions", {})  # a process that saw none of bob's pushes
+    await connect(access_for(bob))  # online, version 2: no subscriber here to see it pass
+    watcher = await connect(access_for(alice))
+    reply = await watcher.request("presence")
+    assert "bob" in online(reply)
+    await push.push_presence("offline", bob.pk, "bob", version=1)  # decided before the list
+    await watcher.assert_silent()
+
+
 def purge_with_ghosts(count: int, tag: str, also_live: Any) -> tuple[list[tuple[int, str]], int]:
     """COUNT users with a socket on a dead process, ALSO_LIVE with one too; what the
     purge returns and how many queries it took."""
