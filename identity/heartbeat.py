@@ -26,6 +26,7 @@ from typing import Any
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection
 
 from identity import conf, counters, metrics, push, registry, relay
 from identity.layers import in_process
@@ -50,7 +51,15 @@ _beat_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identity-he
 
 
 def on_beat_thread(func: Callable[[], Any]) -> Callable[[], Coroutine[Any, Any, Any]]:
-    """FUNC to await on the heartbeat's thread, stale connections closed around it."""
+    """FUNC to await on the heartbeat's thread, stale connections closed around it.
+
+    Not on SQLite: it takes one writer at a time, and a project's settings may
+    not wait for the lock (config.settings does), so a second writing thread
+    would fail `auth`s with "database is locked" (tests/test_wheel.py's project
+    did). SQLite means one process: no other process to take this one for dead.
+    """
+    if connection.vendor == "sqlite":
+        return database_sync_to_async(func)
     return DatabaseSyncToAsync(func, thread_sensitive=False, executor=_beat_thread)
 
 

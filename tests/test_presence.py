@@ -259,6 +259,8 @@ async def test_the_registry_versions_a_users_presence_on_postgresql(alice, bob, 
 async def test_the_heartbeat_beats_while_the_sockets_database_thread_is_busy(alice, connect):
     # In a reconnect storm thousands of `auth`s queue on that thread; a
     # heartbeat behind them came late enough for the others to purge us.
+    if connection.vendor == "sqlite":
+        pytest.skip("on SQLite (one process) the heartbeat shares the thread (identity.heartbeat)")
     await connect(access_for(alice))
     await adb(ServerProcess.objects.filter(id=registry.SERVER_ID).update)(heartbeat_at=LONG_AGO)
     entered, release = threading.Event(), threading.Event()
