@@ -303,8 +303,11 @@ class RedisPubSubChannelLayer(_PubSubLayer):
             loop_layer.identity_bus = names
         return loop_layer, *names
 
-    async def _listen(self) -> tuple[Any, _Bus]:
-        """Subscribe this process to the bus and its own channel, once (again after a flush)."""
+    async def _listen(self) -> tuple[Any, str, _Bus]:
+        """Subscribe this process to the bus and its own channel, once (again after a flush).
+
+        This loop's layer, the process's own channel, and the _Bus under it.
+        """
         loop_layer, bus, own = self._bus()
         shard = loop_layer._get_shard(bus)
         for name in (bus, own):
@@ -312,7 +315,7 @@ class RedisPubSubChannelLayer(_PubSubLayer):
                 loop_layer.channels[name] = _Bus(shard)
             if name not in shard._subscribed_to:
                 await guarded(shard.subscribe(name), "subscribe")
-        return loop_layer, loop_layer.channels[own]
+        return loop_layer, own, loop_layer.channels[own]
 
     async def _publish(self, via: str, data: bytes, what: str) -> None:
         loop_layer, bus, _ = self._bus()
@@ -320,8 +323,7 @@ class RedisPubSubChannelLayer(_PubSubLayer):
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         """A process-local channel: no subscription of its own."""
-        loop_layer, _ = await self._listen()
-        _, _, own = self._bus()
+        loop_layer, own, _ = await self._listen()
         channel = f"{own}!{prefix}{secrets.token_hex(8)}"
         loop_layer.channels[channel] = asyncio.Queue()
         return channel
@@ -358,8 +360,7 @@ class RedisPubSubChannelLayer(_PubSubLayer):
         channel and adds the member when it comes back: what arrives before it
         was published before.
         """
-        loop_layer, own_bus = await self._listen()
-        _, _, own = self._bus()
+        loop_layer, own, own_bus = await self._listen()
         members = loop_layer._get_group_channel_name(group)
         token = secrets.token_hex(8).encode()
         reached = asyncio.get_running_loop().create_future()

@@ -327,15 +327,9 @@ def is_stale(message: dict[str, Any]) -> bool:
     version = message.get("version")
     if version is None:
         return False
-    user_id = message["user_id"]
-    latest = _seen_versions.pop(user_id, None)
-    if latest is not None and version < latest:
-        _seen_versions[user_id] = latest
+    if version < _seen_versions.get(message["user_id"], 0):
         return True
-    _seen_versions[user_id] = version
-    if len(_seen_versions) > SEEN_USERS:
-        for old in list(itertools.islice(_seen_versions, SEEN_USERS // 2)):
-            del _seen_versions[old]
+    _raise_floor(message["user_id"], version)
     return False
 
 
@@ -348,8 +342,16 @@ def listed(users: list[registry.OnlineUser]) -> None:
     """
     for user in users:
         if user.version > _seen_versions.get(user.id, 0):
-            _seen_versions.pop(user.id, None)
-            _seen_versions[user.id] = user.version
+            _raise_floor(user.id, user.version)
+
+
+def _raise_floor(user_id: int, version: int) -> None:
+    """VERSION is the latest of USER_ID's pushes here; the user moves to the most recent end."""
+    _seen_versions.pop(user_id, None)
+    _seen_versions[user_id] = version
+    if len(_seen_versions) > SEEN_USERS:
+        for old in list(itertools.islice(_seen_versions, SEEN_USERS // 2)):
+            del _seen_versions[old]
 
 
 async def publish(topic: str, event: str, data: Any, sender: dict[str, Any] | None = None) -> None:
